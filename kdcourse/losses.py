@@ -1,0 +1,120 @@
+"""Distillation losses. Introduced in notebook 01 (soft labels and Hinton KD).
+
+Every loss object used with `kdcourse.training.fit` is an ``nn.Module`` called as
+``loss(student_out, teacher_out, targets, features)``; ``features`` is a `Features` pair of
+dicts (layer name -> captured tensor) for the student and the teacher. Losses with
+trainable parts (e.g. a FitNets regressor) are trained together with the student.
+
+Convention for ``alpha`` throughout the course: the weight of the hard-label loss,
+
+    L = alpha * CE(y, student) + (1 - alpha) * T^2 * KL(p_teacher^T || p_student^T),
+
+so ``alpha=1`` is plain cross-entropy and ``alpha=0`` is pure distillation.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["Features", "CE", "KD", "kd_loss", "soft_kl", "check_logits", "check_temperature"]
+
+
+class Features(NamedTuple):
+    """Features captured by forward hooks during one step: name -> tensor, per model."""
+    student: dict
+    teacher: dict
+
+
+def check_temperature(T: float) -> None:
+    """Raise ValueError unless T is a finite number > 0."""
+    if not (isinstance(T, (int, float)) and T > 0 and T != float("inf")):
+        raise ValueError(f"temperature T must be a finite number > 0, got {T!r}")
+
+
+def check_logits(student: torch.Tensor, teacher: torch.Tensor) -> None:
+    """Raise ValueError unless student and teacher logits have the same shape and are finite."""
+    if student.shape != teacher.shape:
+        raise ValueError(f"student logits {tuple(student.shape)} and teacher logits "
+                         f"{tuple(teacher.shape)} must have the same shape (B, C) or (B, L, C)")
+    if student.dim() < 2:
+        raise ValueError(f"logits must have shape (B, C) or (B, L, C), got {tuple(student.shape)}")
+    if student.shape[0] == 0:
+        raise ValueError("empty batch: logits have batch size 0")
+    for who, t in (("student", student), ("teacher", teacher)):
+        if not torch.isfinite(t).all():
+            raise ValueError(f"{who} logits contain NaN or inf")
+
+
+def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float = 1.0) -> torch.Tensor:
+    """Mean KL(p_teacher^T || p_student^T) per example (no T^2 factor).
+
+    Shapes: (B, C) or (B, L, C) (token level: averaged over the B*L positions).
+    Equals ``F.kl_div(log_softmax(s/T), softmax(t/T), reduction="batchmean")`` for (B, C).
+    """
+    check_temperature(T)
+    check_logits(student_logits, teacher_logits)
+    c = student_logits.shape[-1]
+    log_p_s = F.log_softmax(student_logits.reshape(-1, c) / T, dim=-1)
+    log_p_t = F.log_softmax(teacher_logits.reshape(-1, c) / T, dim=-1)
+    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+            targets: torch.Tensor | None = None, *, T: float = 4.0, alpha: float = 0.5) -> torch.Tensor:
+    """Hinton et al. (2015) distillation loss.
+
+        L = alpha * CE(targets, s) + (1 - alpha) * T^2 * KL(softmax(t/T) || softmax(s/T))
+
+    Shapes: logits (B, C) with targets (B,), or (B, L, C) with targets (B, L). Targets equal
+    to -100 are ignored (unlabeled examples). KL uses "batchmean"; T^2 keeps the soft
+    gradients on the scale of the hard ones as T grows. Paper: "Distilling the Knowledge in
+    a Neural Network", Hinton, Vinyals & Dean, 2015.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1] (weight of the hard-label loss), got {alpha}")
+    soft = soft_kl(student_logits, teacher_logits, T) * T * T
+    if alpha == 0.0:
+        return soft
+    if targets is None:
+        raise ValueError("alpha > 0 needs targets for the hard-label loss; pass alpha=0 for unlabeled data")
+    hard = _cross_entropy(student_logits, targets)
+    return hard if alpha == 1.0 else alpha * hard + (1.0 - alpha) * soft
+
+
+def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    c = logits.shape[-1]
+    if targets.shape != logits.shape[:-1]:
+        raise ValueError(f"targets {tuple(targets.shape)} do not match logits {tuple(logits.shape)}: "
+                         "expected targets of shape logits.shape[:-1]")
+    labelled = targets != -100
+    if labelled.any() and ((targets[labelled] < 0) | (targets[labelled] >= c)).any():
+        raise ValueError(f"targets must be class indices in [0, {c - 1}] (or -100 to ignore), "
+                         f"got values in [{int(targets.min())}, {int(targets.max())}]")
+    return F.cross_entropy(logits.reshape(-1, c), targets.reshape(-1), ignore_index=-100)
+
+
+class CE(nn.Module):
+    """Plain cross-entropy on the targets, as a loss for `fit`: CE(y, student_out)."""
+
+    def forward(self, student_out, teacher_out=None, targets=None, features=None):
+        return _cross_entropy(student_out, targets)
+
+
+class KD(nn.Module):
+    """Hinton KD as a loss for `fit`; see `kd_loss`. ``T`` may be changed between epochs."""
+
+    def __init__(self, T: float = 4.0, alpha: float = 0.5):
+        super().__init__()
+        check_temperature(T)
+        self.T, self.alpha = T, alpha
+
+    def forward(self, student_out, teacher_out, targets=None, features=None):
+        if teacher_out is None:
+            raise ValueError("KD needs a teacher: pass teacher=... to fit")
+        return kd_loss(student_out, teacher_out, targets, T=self.T, alpha=self.alpha)
+
+    def extra_repr(self) -> str:
+        return f"T={self.T}, alpha={self.alpha}"

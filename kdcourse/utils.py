@@ -1,0 +1,104 @@
+"""Small helpers used everywhere: seeding, devices, threads, atomic files, showing source.
+
+Introduced in notebook 00 (orientation). Nothing here runs on import.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = [
+    "seed_everything", "get_device", "set_threads", "show_source",
+    "atomic_write_bytes", "sha256_file", "data_dir",
+]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's random generators (CPU and CUDA) with `seed`."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def get_device(device: str | torch.device | None = None) -> torch.device:
+    """Return `device` as a torch.device; None picks "cuda" when available, else "cpu".
+
+    The environment variable KDCOURSE_DEVICE overrides the automatic choice.
+    """
+    if device is None:
+        device = os.environ.get("KDCOURSE_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but torch.cuda.is_available() is False")
+    return device
+
+
+def set_threads(n: int | None = None) -> int:
+    """Set torch's intra-op CPU threads to `n` (None: all cores, at most 4) and return it.
+
+    On a 2-core laptop two threads is fastest; more threads than cores slows training badly.
+    """
+    if n is None:
+        n = min(os.cpu_count() or 1, 4)
+    if n < 1:
+        raise ValueError(f"threads must be >= 1, got {n}")
+    torch.set_num_threads(n)
+    return n
+
+
+def show_source(obj) -> None:
+    """Display the source code of a function or class in a notebook (plain print elsewhere)."""
+    src = inspect.getsource(obj)
+    try:
+        from IPython.display import Markdown, display
+        display(Markdown(f"```python\n{src}```"))
+    except ImportError:  # pragma: no cover - IPython ships with the course environment
+        print(src)
+
+
+def data_dir() -> Path:
+    """Return the course data folder: $KDCOURSE_DATA, or `data/` beside the package."""
+    env = os.environ.get("KDCOURSE_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[1] / "data"
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write `data` to `path` atomically (temporary file in the same folder, then rename).
+
+    A crash mid-write leaves the old file (or none), never a truncated one. Raises
+    PermissionError naming the folder when it is not writable.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise PermissionError(
+            f"cannot write to cache folder {path.parent} ({err.strerror}); "
+            "set KDCOURSE_DATA to a writable folder") from err
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def sha256_file(path: str | Path) -> str:
+    """Return the hex SHA-256 digest of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
