@@ -3,7 +3,8 @@
 Import it as ``import kdcourse as kd``. Importing has no side effects: nothing is seeded,
 downloaded, trained or written until you call a function.
 """
-from . import benchmark, data, exercises, hooks, losses, models, profiles, results, teachers, training, utils
+from . import (benchmark, chains, data, exercises, features, hooks, losses, models, profiles, pruning,
+               quantization, relations, results, teachers, training, utils)
 from .data import load_dataset, load_torchvision
 from .exercises import check
 from .hooks import capture
@@ -17,8 +18,8 @@ from .utils import get_device, seed_everything, set_threads, show_source
 __version__ = "0.1.0"
 
 __all__ = [
-    "benchmark", "data", "exercises", "hooks", "losses", "models", "profiles", "results", "teachers",
-    "training", "utils", "load_dataset", "load_torchvision", "check", "capture", "build_model",
+    "benchmark", "chains", "data", "exercises", "features", "hooks", "losses", "models", "profiles",
+    "pruning", "quantization", "relations", "results", "teachers", "training", "utils", "load_dataset", "load_torchvision", "check", "capture", "build_model",
     "count_params", "model_size_bytes", "preset", "get_profile", "load_results", "record",
     "get_teacher", "evaluate", "fit", "predict", "get_device", "seed_everything",
     "set_threads", "show_source", "__version__",
