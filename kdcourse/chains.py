@@ -1,4 +1,113 @@
-"""Teacher-assistant chains and the capacity gap. Introduced in notebook 04."""
+"""Teacher-assistant chains and the capacity gap. Introduced in notebook 04.
+
+A distillation chain trains each model from the one before it:
+``teacher -> assistant_1 -> ... -> assistant_k -> student``. With no assistant it is
+plain (direct) distillation. Paper: "Improved Knowledge Distillation via Teacher
+Assistant", Mirzadeh et al., AAAI 2020 (TAKD). Every link is one call of
+`kdcourse.training.fit` with a KD loss on precomputed teacher outputs.
+"""
 from __future__ import annotations
 
-__all__: list[str] = []
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import TensorLoader
+from .losses import KD, check_temperature
+from .models import count_params
+from .training import evaluate, fit, predict
+
+__all__ = ["ChainLink", "run_chain", "chain_seconds", "mean_std", "compare_runs", "target_entropy"]
+
+
+@dataclass
+class ChainLink:
+    """One trained link of a chain: its `model`, test accuracy (%), training seconds, size."""
+    name: str
+    model: nn.Module
+    test_acc: float
+    seconds: float
+    params: int
+
+
+def run_chain(teacher: nn.Module, models: Sequence[nn.Module], x_train: torch.Tensor,
+              y_train: torch.Tensor, *, test, epochs: int | Sequence[int], T: float = 4.0,
+              alpha: float = 0.5, batch_size: int = 128, lr: float = 1e-3, seed: int = 0,
+              names: Sequence[str] | None = None, device=None, progress: bool = False) -> list[ChainLink]:
+    """Distil `teacher` into ``models[0]``, then ``models[0]`` into ``models[1]``, and so on.
+
+    models: untrained models, assistants first and the student last (one model = direct KD).
+    x_train (N, ...), y_train (N,): training set; each link's targets are its predecessor's
+    logits (N, C) on x_train, computed once with the predecessor in eval mode (no_grad).
+    test: (x, y) or a loader, for each link's accuracy. epochs: one int for every link or one
+    per link. Loss of each link: Hinton KD, ``alpha*CE + (1-alpha)*T^2*KL`` (`losses.KD`).
+    Returns one `ChainLink` per model, in order; the models are trained in place.
+    """
+    models = list(models)
+    if not models:
+        raise ValueError("run_chain needs at least one model to train (the student)")
+    epochs = [epochs] * len(models) if isinstance(epochs, int) else list(epochs)
+    names = list(names) if names is not None else [f"link{i + 1}" for i in range(len(models))]
+    if len(epochs) != len(models) or len(names) != len(models):
+        raise ValueError(f"got {len(models)} models but {len(epochs)} epochs values and "
+                         f"{len(names)} names; give one per model (or a single int for epochs)")
+    if len(x_train) != len(y_train):
+        raise ValueError(f"x_train has {len(x_train)} examples but y_train has {len(y_train)}")
+    links, previous = [], teacher
+    for model, n_epochs, name in zip(models, epochs, names):
+        t_out = predict(previous, x_train, device=device)  # (N, C) soft targets of this link
+        loader = TensorLoader(x_train, y_train, t_out, batch_size=batch_size, seed=seed)
+        hist = fit(model, loader, epochs=n_epochs, loss_fn=KD(T=T, alpha=alpha), lr=lr, seed=seed,
+                   device=device, progress=progress, desc=f"chain {name}")
+        links.append(ChainLink(name, model, evaluate(model, test, device=device), hist["seconds"],
+                               count_params(model)))
+        previous = model
+    return links
+
+
+def chain_seconds(links: Sequence[ChainLink]) -> float:
+    """Total training seconds of a chain's links (the teacher's own training not included)."""
+    return float(sum(link.seconds for link in links))
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """(mean, sample standard deviation) of per-seed figures; the std is 0.0 for one value."""
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("mean_std needs at least one value")
+    m = sum(values) / len(values)
+    if len(values) == 1:
+        return m, 0.0
+    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+def compare_runs(candidate: Sequence[float], baseline: Sequence[float]) -> dict:
+    """Is `candidate` better than `baseline` by more than the seed-to-seed spread?
+
+    Both are per-seed accuracies (same seeds, same order). Returns ``gain`` (difference of
+    means, points), ``spread`` (the larger of the two sample stds) and ``beats``
+    (``gain > spread``): a gain inside the spread is not evidence of an improvement.
+    """
+    if len(candidate) != len(baseline) or len(candidate) < 2:
+        raise ValueError(f"need the same number (>= 2) of seeds on both sides, got "
+                         f"{len(candidate)} and {len(baseline)}")
+    (mc, sc), (mb, sb) = mean_std(candidate), mean_std(baseline)
+    gain, spread = mc - mb, max(sc, sb)
+    return {"gain": gain, "spread": spread, "beats": gain > spread}
+
+
+def target_entropy(logits: torch.Tensor, T: float = 1.0) -> float:
+    """Mean entropy (nats) of the soft targets softmax(logits / T); logits (N, C).
+
+    H = -(1/N) sum_i sum_c p_ic log p_ic, between 0 (one-hot targets) and log C (uniform).
+    A teacher that fits its training set perfectly gives low-entropy, nearly hard targets.
+    """
+    check_temperature(T)
+    if logits.dim() != 2 or logits.shape[0] == 0:
+        raise ValueError(f"logits must have shape (N, C) with N > 0, got {tuple(logits.shape)}")
+    log_p = F.log_softmax(logits.float() / T, dim=-1)
+    return float(-(log_p.exp() * log_p).sum(-1).mean())
