@@ -29,7 +29,7 @@ __all__ = ["Dataset", "DATASETS", "INPUT_SHAPES", "load_dataset", "TensorLoader"
 DATASETS = ("mnist", "mnist1d", "digits")
 INPUT_SHAPES = {"mnist": (1, 28, 28), "mnist1d": (1, 40), "digits": (1, 8, 8)}
 TORCHVISION_DATASETS = ("cifar10", "fashionmnist")
-_MNIST1D_VERSION = 1  # bump when the generation recipe below changes
+_MNIST1D_VERSION = 2  # bump when the generation recipe below changes
 
 
 @dataclass
@@ -37,8 +37,9 @@ class Dataset:
     """A classification dataset held in memory as tensors.
 
     x_train (N, *in_shape) float32, y_train (N,) int64, likewise x_test/y_test;
-    x_unlabeled (U, *in_shape) or None. ``mean``/``std`` are the train statistics used
-    to standardise every split.
+    x_unlabeled (U, *in_shape) or None; y_unlabeled (U,) holds the pool's true labels where
+    they exist (MNIST-1D), for *oracle* comparisons only — a student learning from the pool
+    must not read them. ``mean``/``std`` are the train statistics used to standardise every split.
     """
     name: str
     x_train: torch.Tensor
@@ -47,6 +48,7 @@ class Dataset:
     y_test: torch.Tensor
     classes: tuple[str, ...]
     x_unlabeled: torch.Tensor | None = None
+    y_unlabeled: torch.Tensor | None = None
     mean: float = 0.0
     std: float = 1.0
     info: dict = field(default_factory=dict)
@@ -177,7 +179,8 @@ def _mnist1d_arrays(n_unlabeled: int, cache_dir: Path) -> dict[str, np.ndarray]:
         pool_args = get_dataset_args()
         pool_args.num_samples = n_unlabeled + 10 - n_unlabeled % 10  # whole classes
         pool_args.seed, pool_args.train_split = 1042, 1.0
-        arrays["x_unlabeled"] = make_dataset(pool_args)["x"][:n_unlabeled]
+        pool = make_dataset(pool_args)
+        arrays["x_unlabeled"], arrays["y_unlabeled"] = pool["x"][:n_unlabeled], pool["y"][:n_unlabeled]
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())
@@ -191,6 +194,7 @@ def _load_mnist1d(n_unlabeled: int, cache_dir: Path) -> Dataset:
     g = lambda k: torch.tensor(a[k], dtype=torch.int64)  # noqa: E731
     return Dataset("mnist1d", f("x"), g("y"), f("x_test"), g("y_test"), tuple("0123456789"),
                    x_unlabeled=f("x_unlabeled") if n_unlabeled else None,
+                   y_unlabeled=g("y_unlabeled") if n_unlabeled else None,
                    info={"source": "mnist1d.make_dataset (generated locally)"})
 
 
@@ -199,7 +203,8 @@ def load_dataset(name: str, *, n_train: int | None = None, n_unlabeled: int = 0,
     """Load one of the offline datasets ("mnist", "mnist1d", "digits") as tensors.
 
     n_train: keep a stratified subset of this many training examples (None: all).
-    n_unlabeled: MNIST-1D only, size of an extra pool of generated unlabeled signals.
+    n_unlabeled: MNIST-1D only, size of an extra pool of generated unlabeled signals
+        (``x_unlabeled``; their hidden true labels are in ``y_unlabeled`` for oracles).
     seed: fixes the train/test split (MNIST, digits) and the subset.
     Inputs are standardised with the train split's mean and std (a scalar each).
     Generated MNIST-1D arrays are cached under ``data/cache`` (atomic write, checksum).

@@ -28,6 +28,7 @@ def test_mnist_split_is_stratified_and_seeded():
 def test_subset_and_unlabeled_pool():
     d = kd.load_dataset("mnist1d", n_train=500, n_unlabeled=300)
     assert len(d.x_train) == 500 and d.x_unlabeled.shape == (300, 1, 40)
+    assert d.y_unlabeled.shape == (300,) and set(d.y_unlabeled.tolist()) == set(range(10))
     assert min(d.y_train.bincount().tolist()) >= 45  # stratified
     # the pool is new data, not a copy of the train split
     assert not any(torch.equal(d.x_unlabeled[0], x) for x in d.x_train)
