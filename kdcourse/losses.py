@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Features", "CE", "KD", "kd_loss", "soft_kl", "check_logits", "check_temperature"]
+__all__ = ["Features", "CE", "KD", "kd_loss", "soft_kl", "soft_cross_entropy", "softmax_with_temperature",
+           "temperature_schedule", "class_bias_for_share", "check_logits", "check_temperature"]
 
 
 class Features(NamedTuple):
@@ -118,3 +119,66 @@ class KD(nn.Module):
 
     def extra_repr(self) -> str:
         return f"T={self.T}, alpha={self.alpha}"
+
+
+def softmax_with_temperature(logits: torch.Tensor, T: float = 1.0) -> torch.Tensor:
+    """Softened probabilities p_i = exp(z_i / T) / sum_j exp(z_j / T) over the last dim.
+
+    Shapes: (..., C) -> (..., C). T > 1 flattens the distribution and shows the "dark
+    knowledge" in the small probabilities; T -> 0 approaches the arg-max one-hot.
+    """
+    check_temperature(T)
+    return torch.softmax(logits / T, dim=-1)
+
+
+def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float = 1.0) -> torch.Tensor:
+    """Cross-entropy with soft targets, -mean_b sum_c p_t^T log p_s^T (the form Hinton 2015 writes).
+
+    It equals `soft_kl` plus the teacher's entropy, a constant for the student, so both give
+    the same gradients to the student. Shapes as in `soft_kl`.
+    """
+    check_temperature(T)
+    check_logits(student_logits, teacher_logits)
+    c = student_logits.shape[-1]
+    p_t = torch.softmax(teacher_logits.reshape(-1, c) / T, dim=-1)
+    return -(p_t * F.log_softmax(student_logits.reshape(-1, c) / T, dim=-1)).sum(-1).mean()
+
+
+def temperature_schedule(kind: str, *, T0: float, epochs: int, T_end: float = 1.0):
+    """Return epoch -> temperature for a "constant", "exponential" or "step" schedule.
+
+    exponential: T0 * (T_end / T0) ** (epoch / (epochs - 1)), from T0 down to T_end;
+    step: T0 halved at each third of training, never below T_end. Use it with
+    ``fit(..., on_epoch=lambda e: setattr(loss, "T", schedule(e)))``.
+    """
+    check_temperature(T0)
+    check_temperature(T_end)
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if kind == "constant":
+        return lambda epoch: T0
+    if kind == "exponential":
+        return lambda epoch: T0 * (T_end / T0) ** (epoch / max(epochs - 1, 1))
+    if kind == "step":
+        return lambda epoch: max(T_end, T0 / 2 ** min(2, 3 * epoch // epochs))
+    raise ValueError(f"unknown schedule {kind!r}; choose 'constant', 'exponential' or 'step'")
+
+
+def class_bias_for_share(logits: torch.Tensor, cls: int, share: float, *, lo: float = -50.0,
+                         hi: float = 50.0, steps: int = 60) -> float:
+    """The shift d added to logit `cls` so that a fraction `share` of rows predict `cls`.
+
+    logits: (N, C) of a model on *unlabeled* inputs (no labels are used). Bisection on d:
+    the predicted share grows monotonically with d. Used for Hinton's omitted-class
+    experiment, where the student never saw class `cls` and its bias is too low.
+    """
+    if not 0.0 < share < 1.0:
+        raise ValueError(f"share must be in (0, 1), got {share}")
+    if logits.dim() != 2 or not 0 <= cls < logits.shape[1]:
+        raise ValueError(f"need logits (N, C) and 0 <= cls < C, got {tuple(logits.shape)} and cls={cls}")
+    onehot = F.one_hot(torch.tensor(cls), logits.shape[1]).to(logits.dtype)
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        pred_share = ((logits + mid * onehot).argmax(1) == cls).float().mean().item()
+        lo, hi = (mid, hi) if pred_share < share else (lo, mid)
+    return (lo + hi) / 2

@@ -1,0 +1,151 @@
+"""The maths of the distillation losses (notebook 01)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kdcourse as kd
+from kdcourse.losses import (class_bias_for_share, kd_loss, soft_cross_entropy, soft_kl,
+                             softmax_with_temperature, temperature_schedule)
+
+
+def _logits(*shape, seed=0, scale=3.0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * scale
+
+
+def test_zero_when_student_equals_teacher():
+    z = _logits(16, 10)
+    assert kd_loss(z, z.clone(), T=4.0, alpha=0.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_unchanged_by_adding_a_constant_to_all_logits():
+    s, t, y = _logits(8, 10), _logits(8, 10, seed=1), torch.randint(0, 10, (8,))
+    base = kd_loss(s, t, y, T=3.0, alpha=0.3)
+    shifted = kd_loss(s + 5.0, t - 2.0, y, T=3.0, alpha=0.3)
+    torch.testing.assert_close(base, shifted)
+
+
+def test_matches_kl_div_batchmean():
+    s, t = _logits(32, 10), _logits(32, 10, seed=1)
+    for T in (1.0, 2.0, 7.5):
+        ref = F.kl_div(F.log_softmax(s / T, -1), F.softmax(t / T, -1), reduction="batchmean")
+        torch.testing.assert_close(soft_kl(s, t, T), ref)
+        torch.testing.assert_close(kd_loss(s, t, T=T, alpha=0.0), ref * T * T)
+
+
+def test_hand_computed_two_class_example():
+    s, t = torch.tensor([[0.0, 0.0]]), torch.tensor([[2.0, 0.0]])  # T = 2: p_t = softmax([1, 0])
+    p = torch.tensor([1.0, 0.0]).exp() / (1 + torch.e)
+    want = (p * (p / 0.5).log()).sum() * 4  # KL(p || uniform) * T^2
+    torch.testing.assert_close(kd_loss(s, t, T=2.0, alpha=0.0), want)
+
+
+def test_alpha_extremes_are_plain_ce_and_plain_kd():
+    s, t, y = _logits(8, 5), _logits(8, 5, seed=1), torch.randint(0, 5, (8,))
+    torch.testing.assert_close(kd_loss(s, t, y, T=4, alpha=1.0), F.cross_entropy(s, y))
+    torch.testing.assert_close(kd_loss(s, t, y, T=4, alpha=0.0), 16 * soft_kl(s, t, 4))
+    mid = kd_loss(s, t, y, T=4, alpha=0.25)
+    torch.testing.assert_close(mid, 0.25 * F.cross_entropy(s, y) + 0.75 * 16 * soft_kl(s, t, 4))
+
+
+def _soft_grad(s, t, T, scaled):
+    s = s.clone().requires_grad_(True)
+    loss = kd_loss(s, t, T=T, alpha=0.0) if scaled else soft_kl(s, t, T)
+    loss.backward()
+    return s.grad.norm().item()
+
+
+def test_soft_gradients_shrink_like_one_over_T_squared_and_T2_restores_them():
+    # In the high-T limit with zero-mean logits, dKL/dz_s ~ (z_s - z_t) / (C T^2).
+    s, t = _logits(64, 10, scale=0.5), _logits(64, 10, seed=1, scale=0.5)
+    s, t = s - s.mean(-1, keepdim=True), t - t.mean(-1, keepdim=True)
+    g10, g20 = _soft_grad(s, t, 10.0, False), _soft_grad(s, t, 20.0, False)
+    assert g10 / g20 == pytest.approx(4.0, rel=0.02)
+    s10, s20 = _soft_grad(s, t, 10.0, True), _soft_grad(s, t, 20.0, True)
+    assert s10 / s20 == pytest.approx(1.0, rel=0.02)
+
+
+def test_cross_entropy_form_and_kl_form_give_equal_gradients():
+    s, t = _logits(16, 10), _logits(16, 10, seed=1)
+    grads = []
+    for fn in (soft_kl, soft_cross_entropy):
+        x = s.clone().requires_grad_(True)
+        fn(x, t, 3.0).backward()
+        grads.append(x.grad)
+    torch.testing.assert_close(grads[0], grads[1])
+    ent = -(F.softmax(t / 3, -1) * F.log_softmax(t / 3, -1)).sum(-1).mean()
+    torch.testing.assert_close(soft_cross_entropy(s, t, 3.0), soft_kl(s, t, 3.0) + ent)
+
+
+def test_token_level_logits():
+    s, t = _logits(4, 6, 10), _logits(4, 6, 10, seed=1)
+    y = torch.randint(0, 10, (4, 6))
+    flat = kd_loss(s.reshape(24, 10), t.reshape(24, 10), y.reshape(24), T=2.0, alpha=0.5)
+    torch.testing.assert_close(kd_loss(s, t, y, T=2.0, alpha=0.5), flat)
+
+
+def test_unlabeled_targets_are_ignored():
+    s, t = _logits(6, 4), _logits(6, 4, seed=1)
+    y = torch.tensor([0, 1, -100, -100, 2, 3])
+    keep = y != -100
+    torch.testing.assert_close(kd_loss(s, t, y, alpha=1.0), F.cross_entropy(s[keep], y[keep]))
+
+
+def test_softmax_with_temperature():
+    z = _logits(3, 5)
+    torch.testing.assert_close(softmax_with_temperature(z, 1.0), torch.softmax(z, -1))
+    ent = lambda p: -(p * p.log()).sum(-1)  # noqa: E731
+    assert (ent(softmax_with_temperature(z, 10.0)) > ent(softmax_with_temperature(z, 1.0))).all()
+
+
+@pytest.mark.parametrize("kind", ["constant", "exponential", "step"])
+def test_temperature_schedules(kind):
+    sched = temperature_schedule(kind, T0=8.0, epochs=9, T_end=1.0)
+    values = [sched(e) for e in range(9)]
+    assert values[0] == 8.0 and all(a >= b for a, b in zip(values, values[1:]))
+    assert values[-1] == {"constant": 8.0, "exponential": pytest.approx(1.0), "step": 2.0}[kind]
+
+
+def test_class_bias_for_share_hits_the_share():
+    logits = _logits(1000, 10)
+    logits[:, 3] -= 10  # class 3 almost never predicted
+    d = class_bias_for_share(logits, 3, 0.1)
+    share = ((logits + d * F.one_hot(torch.tensor(3), 10)).argmax(1) == 3).float().mean().item()
+    assert d > 0 and share == pytest.approx(0.1, abs=0.005)
+
+
+def test_loss_modules_for_fit():
+    s, t, y = _logits(8, 10), _logits(8, 10, seed=1), torch.randint(0, 10, (8,))
+    torch.testing.assert_close(kd.losses.KD(T=2, alpha=0.5)(s, t, y, None), kd_loss(s, t, y, T=2, alpha=0.5))
+    torch.testing.assert_close(kd.losses.CE()(s, None, y, None), F.cross_entropy(s, y))
+
+
+def test_teacher_gets_no_gradient():
+    s = _logits(4, 3).requires_grad_(True)
+    t = _logits(4, 3, seed=1).requires_grad_(True)
+    kd_loss(s, t, T=2.0, alpha=0.0).backward()
+    assert s.grad is not None and t.grad is not None  # caller's job: fit runs the teacher under no_grad
+    with torch.no_grad():
+        t_out = t * 1.0
+    s.grad = None
+    kd_loss(s, t_out, T=2.0, alpha=0.0).backward()
+    assert not t_out.requires_grad
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: kd_loss(torch.zeros(4, 10), torch.zeros(4, 9)), "same shape"),
+    (lambda: kd_loss(torch.zeros(4, 10), torch.zeros(4, 10), T=0), "T must be a finite number > 0"),
+    (lambda: kd_loss(torch.zeros(4, 10), torch.zeros(4, 10), T=-1.0), "T must be"),
+    (lambda: kd.losses.KD(T=0), "T must be"),
+    (lambda: kd_loss(torch.zeros(4, 10), torch.zeros(4, 10), torch.zeros(4, dtype=torch.long), alpha=1.5), "alpha must be in \\[0, 1\\]"),
+    (lambda: kd_loss(torch.full((4, 10), float("nan")), torch.zeros(4, 10)), "NaN or inf"),
+    (lambda: kd_loss(torch.zeros(4, 10), torch.zeros(4, 10), torch.tensor([0, 1, 2, 10])), "class indices in \\[0, 9\\]"),
+    (lambda: kd_loss(torch.zeros(4, 10), torch.zeros(4, 10), torch.zeros(3, dtype=torch.long)), "do not match logits"),
+    (lambda: kd_loss(torch.zeros(4, 10), torch.zeros(4, 10), None, alpha=0.5), "needs targets"),
+    (lambda: kd_loss(torch.zeros(0, 10), torch.zeros(0, 10)), "empty batch"),
+    (lambda: kd_loss(torch.zeros(10), torch.zeros(10)), "shape \\(B, C\\)"),
+    (lambda: temperature_schedule("cosine", T0=4, epochs=3), "unknown schedule"),
+    (lambda: class_bias_for_share(torch.zeros(5, 3), 3, 0.1), "cls"),
+])
+def test_bad_input_errors(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
