@@ -1,0 +1,125 @@
+"""Feature distillation losses, CKA and hooks on any model (notebook 02)."""
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+import kdcourse as kd
+from kdcourse.features import (AttentionTransfer, FitNets, attention_loss, attention_map, cka_matrix,
+                               feature_shapes, hint_loss, linear_cka, make_regressor)
+from kdcourse.losses import Features
+
+
+def _r(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_hint_loss_hand_example_and_zero_when_matching():
+    a, b = torch.tensor([[1.0, 2.0]]), torch.tensor([[1.0, 4.0]])
+    assert hint_loss(a, b).item() == pytest.approx(2.0)  # ((0)^2 + (2)^2) / 2
+    f = _r(4, 8)
+    assert hint_loss(f, f.clone()).item() == 0.0
+
+
+@pytest.mark.parametrize("s,t,kind", [((16,), (32,), nn.Linear), ((4, 7, 7), (16, 7, 7), nn.Conv2d),
+                                      ((4, 10), (8, 10), nn.Conv1d), ((16,), (8, 5), nn.Sequential)])
+def test_regressor_maps_student_shape_to_teacher_shape(s, t, kind):
+    reg = make_regressor(s, t)
+    assert isinstance(reg, kind) and reg(_r(3, *s)).shape == (3, *t)
+
+
+def test_fitnets_zero_when_regressed_features_match_and_trains_only_student_side():
+    loss = FitNets((6,), (6,), student_layer="a", teacher_layer="b", base=None, regressor=False)
+    fs = _r(5, 6).requires_grad_(True)
+    ft = fs.detach().clone().requires_grad_(True)
+    out = loss(None, None, None, Features({"a": fs}, {"b": ft}))
+    assert out.item() == 0.0
+    fit = FitNets((6,), (3,), student_layer="a", teacher_layer="b", base=None)
+    with torch.no_grad():
+        t_feat = fit.regressor(fs) + 0.0
+    t_in = t_feat.clone().requires_grad_(False)
+    assert fit(None, None, None, Features({"a": fs}, {"b": t_in})).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_fitnets_inside_fit_sends_no_gradient_to_the_teacher():
+    x, y = _r(64, 1, 40), torch.randint(0, 10, (64,))
+    teacher, student = kd.build_model("cnn", (1, 40), width=4, depth=2), kd.build_model("mlp", (1, 40), width=8)
+    before = [p.clone() for p in teacher.parameters()]
+    ts, ss = feature_shapes(teacher, ["blocks.1"], x), feature_shapes(student, ["embed"], x)
+    loss = FitNets(ss["embed"], ts["blocks.1"], student_layer="embed", teacher_layer="blocks.1")
+    kd.fit(student, kd.data.TensorLoader(x, y, batch_size=16), epochs=1, teacher=teacher, loss_fn=loss,
+           student_layers=["embed"], teacher_layers=["blocks.1"], progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, teacher.parameters()))
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_attention_map_hand_example_and_scale_invariance():
+    f = torch.zeros(1, 2, 1, 2)
+    f[0, 0, 0, 0], f[0, 1, 0, 1] = 3.0, 4.0  # channel means of f^2: [4.5, 8]
+    want = torch.tensor([[4.5, 8.0]]) / torch.tensor([4.5, 8.0]).norm()
+    torch.testing.assert_close(attention_map(f), want)
+    fs, ft = _r(4, 8, 7, 7), _r(4, 16, 7, 7, seed=1)
+    torch.testing.assert_close(attention_loss(fs, ft), attention_loss(5.0 * fs, 0.1 * ft))
+    assert attention_loss(ft, ft.clone()).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_attention_transfer_gradient_reaches_student_only():
+    fs, ft = _r(3, 4, 5, 5).requires_grad_(True), _r(3, 8, 5, 5, seed=1)
+    loss = AttentionTransfer([("a", "b")], base=None)(None, None, None, Features({"a": fs}, {"b": ft}))
+    loss.backward()
+    assert fs.grad is not None and fs.grad.abs().sum() > 0 and ft.grad is None
+
+
+def test_linear_cka_properties():
+    x = _r(100, 20)
+    q, _ = torch.linalg.qr(_r(20, 20, seed=1))
+    assert linear_cka(x, x).item() == pytest.approx(1.0, abs=1e-5)
+    assert linear_cka(x, 3.0 * x @ q + 1.0).item() == pytest.approx(1.0, abs=1e-5)  # rotation, scale, shift
+    assert linear_cka(x, _r(100, 20, seed=2)).item() < 0.4
+    torch.testing.assert_close(linear_cka(x, _r(100, 5, seed=3)), linear_cka(_r(100, 5, seed=3), x))
+
+
+def test_linear_cka_hand_example():
+    x = torch.tensor([[1.0], [2.0], [3.0]])
+    y = torch.tensor([[1.0], [0.0], [2.0]])   # centred: x=[-1,0,1], y=[0,-1,1]; <x,y>=1, |x|^2=2, |y|^2=2
+    assert linear_cka(x, y).item() == pytest.approx(1.0 / 4.0)
+
+
+def test_cka_matrix_shape_and_diagonal():
+    m = kd.build_model("cnn", (1, 28, 28), width=4)
+    x = _r(50, 1, 28, 28)
+    mat = cka_matrix(m, m, x, ["blocks.0", "blocks.1", "head"], ["blocks.0", "blocks.1", "head"])
+    assert mat.shape == (3, 3)
+    torch.testing.assert_close(mat.diagonal(), torch.ones(3), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: hint_loss(_r(4, 3), _r(5, 3)), "batch sizes differ"),
+    (lambda: hint_loss(_r(0, 3), _r(0, 3)), "empty batch"),
+    (lambda: hint_loss(_r(4, 3), _r(4, 5)), "differ in shape"),
+    (lambda: make_regressor((4, 7, 7), (8, 14, 14)), "equal spatial sizes"),
+    (lambda: attention_map(_r(4, 10)), "conv features"),
+    (lambda: attention_loss(_r(2, 3, 5, 5), _r(2, 3, 4, 4)), "spatial sizes differ"),
+    (lambda: attention_loss(_r(2, 3, 5, 5), _r(3, 3, 5, 5)), "batch sizes differ"),
+    (lambda: linear_cka(_r(10, 3), _r(9, 3)), "batch sizes differ"),
+    (lambda: linear_cka(_r(1, 3), _r(1, 3)), "at least 2"),
+    (lambda: FitNets((4,), (5,), student_layer="a", teacher_layer="b", regressor=False), "equal feature shapes"),
+    (lambda: AttentionTransfer([]), "at least one"),
+])
+def test_bad_input_errors(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_hooks_on_a_torchvision_model():
+    net = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    x = _r(2, 3, 64, 64)
+    with kd.capture(net, ["layer1", "layer4", "fc"]) as feats:
+        out = net(x)
+    assert feats["layer1"].shape == (2, 64, 16, 16) and feats["layer4"].shape == (2, 512, 2, 2)
+    torch.testing.assert_close(feats["fc"], out)
+    with pytest.raises(KeyError, match="unknown layer name.*'layer9'.*valid names: conv1, bn1"):
+        with kd.capture(net, ["layer9"]):
+            pass
+    assert attention_map(feats["layer4"]).shape == (2, 4)
