@@ -1,0 +1,124 @@
+"""Relation distillation losses and retrieval (notebook 03)."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kdcourse as kd
+from kdcourse.losses import Features
+from kdcourse.relations import (Relational, pairwise_distances, pkt_loss, recall_at_1, rkd_angle_loss,
+                                rkd_distance_loss, sp_loss)
+
+
+def _r(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _rotation(d, seed=1):
+    q, _ = torch.linalg.qr(_r(d, d, seed=seed))
+    return q
+
+
+def test_pairwise_distances_hand_example():
+    e = torch.tensor([[0.0, 0.0], [3.0, 4.0], [0.0, 1.0]])
+    want = torch.tensor([[0.0, 5.0, 1.0], [5.0, 0.0, math.sqrt(18)], [1.0, math.sqrt(18), 0.0]])
+    torch.testing.assert_close(pairwise_distances(e), want)
+
+
+def test_rkd_distance_hand_example():
+    # teacher: equilateral-ish triangle; student: same triangle scaled by 2 -> loss 0
+    t = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    assert rkd_distance_loss(2 * t, t).item() == pytest.approx(0.0, abs=1e-6)
+    # student distances (1, 1, 2) vs teacher (1, 1, 1): normalised (0.75, 0.75, 1.5) vs (1, 1, 1)
+    s = torch.tensor([[0.0], [1.0], [2.0]])
+    te = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.5, math.sqrt(3) / 2]])
+    diffs = torch.tensor([0.25, 0.25, 0.5])
+    want = (0.5 * diffs ** 2).mean()  # Huber with delta 1 on differences < 1
+    assert rkd_distance_loss(s, te).item() == pytest.approx(want.item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("loss", [rkd_distance_loss, rkd_angle_loss])
+def test_rkd_invariant_to_rotation_translation_and_scale(loss):
+    t, s = _r(16, 8), _r(16, 5, seed=2)
+    base = loss(s, t)
+    moved = loss(3.0 * s @ _rotation(5) + 7.0, 0.5 * t @ _rotation(8, seed=3) - 2.0)
+    torch.testing.assert_close(base, moved, atol=1e-5, rtol=1e-4)
+    assert loss(t @ _rotation(8) * 2.0, t).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_angle_loss_with_anchor_subsampling_is_close_on_average():
+    s, t = _r(32, 6), _r(32, 6, seed=1)
+    full = rkd_angle_loss(s, t)
+    sub = torch.stack([rkd_angle_loss(s, t, max_anchors=8, generator=torch.Generator().manual_seed(i)) for i in range(64)])
+    assert sub.mean().item() == pytest.approx(full.item(), rel=0.05)
+
+
+def test_sp_invariant_to_permuting_channels_and_zero_when_equal():
+    s, t = _r(10, 12), _r(10, 7, seed=1)
+    perm = torch.randperm(12, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(sp_loss(s[:, perm], t), sp_loss(s, t))
+    assert sp_loss(t, t.clone()).item() == pytest.approx(0.0, abs=1e-7)
+    assert sp_loss(_r(10, 3, 4, 4), _r(10, 8, 2, 2)).item() >= 0  # conv features are flattened
+
+
+def test_sp_hand_example():
+    s = torch.tensor([[1.0, 0.0], [0.0, 1.0]])   # G_s = I -> rows already unit
+    t = torch.tensor([[1.0], [1.0]])             # G_t = all ones -> rows (1,1)/sqrt2
+    g = torch.eye(2) - torch.full((2, 2), 1 / math.sqrt(2))
+    assert sp_loss(s, t).item() == pytest.approx(float(g.pow(2).sum() / 4), rel=1e-5)
+
+
+def test_pkt_zero_when_equal_and_positive_otherwise():
+    t = _r(12, 5)
+    assert pkt_loss(t * 3.0, t).item() == pytest.approx(0.0, abs=1e-6)   # cosine: scale-free
+    assert pkt_loss(_r(12, 5, seed=4), t).item() > 0
+
+
+@pytest.mark.parametrize("fn", [rkd_distance_loss, rkd_angle_loss, sp_loss, pkt_loss])
+def test_gradient_flows_to_the_student_only(fn):
+    s, t = _r(8, 4).requires_grad_(True), _r(8, 6, seed=1).requires_grad_(True)
+    fn(s, t).backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0 and t.grad is None
+
+
+@pytest.mark.parametrize("fn", [rkd_distance_loss, rkd_angle_loss, sp_loss, pkt_loss])
+def test_errors(fn):
+    with pytest.raises(ValueError, match="batch sizes differ"):
+        fn(_r(8, 4), _r(7, 4))
+    with pytest.raises(ValueError, match="shape \\(B, D\\)"):
+        fn(_r(8), _r(8))
+    with pytest.raises(ValueError, match="at least 2"):
+        fn(_r(1, 4), _r(1, 4))
+    with pytest.raises(ValueError, match="at least 2"):
+        fn(_r(0, 4), _r(0, 4))
+
+
+def test_relational_module_combines_terms_and_errors():
+    s, t, y = _r(8, 4), _r(8, 6, seed=1), torch.randint(0, 3, (8,))
+    logits = _r(8, 3)
+    rel = Relational(w_dist=2.0, w_sp=3.0, base=None)
+    feats = Features({"embed": s}, {"embed": t})
+    torch.testing.assert_close(rel(logits, None, y, feats), 2 * rkd_distance_loss(s, t) + 3 * sp_loss(s, t))
+    with_ce = Relational(w_pkt=1.0)(logits, None, y, feats)
+    torch.testing.assert_close(with_ce, F.cross_entropy(logits, y) + pkt_loss(s, t))
+    with pytest.raises(ValueError, match="at least one non-zero weight"):
+        Relational()
+
+
+def test_recall_at_1():
+    emb = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    assert recall_at_1(emb, torch.tensor([0, 0, 1, 1])) == 100.0
+    assert recall_at_1(emb, torch.tensor([0, 1, 0, 1])) == 0.0
+    with pytest.raises(ValueError):
+        recall_at_1(emb, torch.tensor([0, 1]))
+
+
+def test_relational_in_fit_runs():
+    x, y = _r(64, 1, 40), torch.randint(0, 10, (64,))
+    teacher = kd.build_model("cnn", (1, 40), width=4, depth=2)
+    student = kd.build_model("mlp", (1, 40), width=8)
+    h = kd.fit(student, kd.data.TensorLoader(x, y, batch_size=16), epochs=1, teacher=teacher,
+               loss_fn=Relational(w_dist=25, w_angle=50, max_anchors=4), student_layers=["embed"],
+               teacher_layers=["embed"], progress=False)
+    assert math.isfinite(h.loss[0])
