@@ -1,4 +1,232 @@
-"""Pruning: unstructured and structured, sparsity reports, sensitivity scans. Introduced in notebook 05."""
+"""Pruning: unstructured masks (torch.nn.utils.prune) and structured channel removal.
+
+Introduced in notebook 05. Unstructured pruning zeroes individual weights through masks — the
+tensors keep their shape, so nothing gets smaller or faster on ordinary hardware. Structured
+pruning removes whole channels (hand-written for the course CNN, or with torch-pruning's
+dependency graph for any model), which really shrinks the network.
+"""
 from __future__ import annotations
 
-__all__: list[str] = []
+import copy
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from .models import ConvNet
+
+__all__ = ["prunable_layers", "check_amount", "sparsity_report", "global_magnitude_prune",
+           "layerwise_magnitude_prune", "prune_by_scores", "taylor_scores", "make_permanent",
+           "sensitivity_scan", "l1_prune_conv_block", "structured_prune"]
+
+_PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
+
+
+def check_amount(amount: float, what: str = "amount") -> None:
+    """Raise ValueError unless 0 <= amount < 1 (the fraction of weights to remove)."""
+    if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not 0.0 <= amount < 1.0:
+        raise ValueError(f"{what} must be a fraction in [0, 1), got {amount!r}")
+
+
+def prunable_layers(model: nn.Module, names: Iterable[str] | None = None) -> dict[str, nn.Module]:
+    """Conv and Linear layers of `model` by name (all of them, or the given `names`).
+
+    Unknown or non-prunable names raise KeyError listing the valid ones.
+    """
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, _PRUNABLE)}
+    if names is None:
+        return layers
+    names = list(names)
+    bad = [n for n in names if n not in layers]
+    if bad:
+        raise KeyError(f"unknown or non-prunable layer(s) {bad}; prunable layers: {', '.join(layers)}")
+    return {n: layers[n] for n in names}
+
+
+def sparsity_report(model: nn.Module) -> dict[str, dict]:
+    """Per prunable layer: zero weights, total weights and sparsity; plus a "global" entry.
+
+    Reads the effective weight (``module.weight``, masked if pruning is active).
+    """
+    report, zeros, total = {}, 0, 0
+    for name, m in prunable_layers(model).items():
+        z, n = int((m.weight == 0).sum()), m.weight.numel()
+        report[name] = {"zeros": z, "total": n, "sparsity": z / n}
+        zeros, total = zeros + z, total + n
+    report["global"] = {"zeros": zeros, "total": total, "sparsity": zeros / max(total, 1)}
+    return report
+
+
+def prune_by_scores(model: nn.Module, scores: dict[str, torch.Tensor], amount: float) -> nn.Module:
+    """Globally mask the `amount` fraction of weights with the lowest scores (in place).
+
+    scores: layer name -> tensor shaped like that layer's weight. Exactly round(amount * N)
+    weights are masked (ties broken by position), via ``prune.custom_from_mask``. Layers
+    pruned before keep their old mask combined with the new one.
+    """
+    check_amount(amount)
+    layers = prunable_layers(model, scores)
+    flat = torch.cat([scores[n].detach().flatten().float() for n in layers])
+    k = round(amount * flat.numel())
+    keep = torch.ones_like(flat, dtype=torch.bool)
+    if k:
+        keep[torch.topk(flat, k, largest=False).indices] = False
+    start = 0
+    for name, m in layers.items():
+        n = m.weight.numel()
+        prune.custom_from_mask(m, "weight", keep[start:start + n].view_as(m.weight))
+        start += n
+    return model
+
+
+def global_magnitude_prune(model: nn.Module, amount: float, names: Sequence[str] | None = None) -> nn.Module:
+    """Mask the `amount` fraction of smallest-|w| weights across all (or the named) layers, in place.
+
+    Scores are |w|, compared across layers (Han et al., "Learning both Weights and Connections
+    for Efficient Neural Networks", NeurIPS 2015). Equivalent to ``prune.global_unstructured``
+    with ``prune.L1Unstructured``.
+    """
+    layers = prunable_layers(model, names)
+    return prune_by_scores(model, {n: m.weight.abs() for n, m in layers.items()}, amount)
+
+
+def layerwise_magnitude_prune(model: nn.Module, amount: float | dict[str, float]) -> nn.Module:
+    """Mask the smallest-|w| fraction in each layer separately (``prune.l1_unstructured``), in place.
+
+    amount: one fraction for every prunable layer, or a dict layer name -> fraction.
+    """
+    amounts = amount if isinstance(amount, dict) else {n: amount for n in prunable_layers(model)}
+    for name, m in prunable_layers(model, amounts).items():
+        check_amount(amounts[name], f"amount for {name}")
+        prune.l1_unstructured(m, "weight", amount=float(amounts[name]))
+    return model
+
+
+def taylor_scores(model: nn.Module, batches: Iterable, loss_fn: Callable | None = None,
+                  n_batches: int = 8) -> dict[str, torch.Tensor]:
+    """First-order Taylor importance |w * dL/dw| per weight, summed over `n_batches` batches.
+
+    It estimates how much the loss changes when a weight is set to zero (Molchanov et al.,
+    "Importance Estimation for Neural Network Pruning", CVPR 2019; LeCun et al. 1990 used the
+    second-order term). batches yield (x, y, ...); loss_fn defaults to cross-entropy.
+    """
+    loss_fn = loss_fn or nn.functional.cross_entropy
+    layers = prunable_layers(model)
+    scores = {n: torch.zeros_like(m.weight) for n, m in layers.items()}
+    model.eval()
+    for i, batch in enumerate(batches):
+        if i == n_batches:
+            break
+        model.zero_grad()
+        loss_fn(model(batch[0]), batch[1]).backward()
+        for n, m in layers.items():
+            w = m.weight_orig if hasattr(m, "weight_orig") else m.weight
+            scores[n] += (w * w.grad).abs().detach()
+    model.zero_grad()
+    return scores
+
+
+def make_permanent(model: nn.Module) -> nn.Module:
+    """Fold every pruning mask into its weight and remove the re-parametrisation, in place.
+
+    Afterwards the model has plain ``weight`` parameters (with zeros) and no ``*_mask`` buffers.
+    """
+    for m in model.modules():
+        for hook in list(m._forward_pre_hooks.values()):
+            if isinstance(hook, prune.BasePruningMethod):
+                prune.remove(m, hook._tensor_name)
+    return model
+
+
+def sensitivity_scan(model: nn.Module, evaluate: Callable[[nn.Module], float], sparsities: Sequence[float],
+                     names: Sequence[str] | None = None) -> dict[str, list[float]]:
+    """Prune one layer at a time (magnitude, on a copy) and evaluate: name -> [metric per sparsity].
+
+    Layers whose metric falls fast are sensitive and should be pruned less.
+    """
+    for s in sparsities:
+        check_amount(s, "sparsity")
+    result = {}
+    for name in prunable_layers(model, names):
+        result[name] = [evaluate(layerwise_magnitude_prune(copy.deepcopy(model), {name: s})) for s in sparsities]
+    return result
+
+
+def l1_prune_conv_block(model: ConvNet, block: int, amount: float) -> ConvNet:
+    """Remove the `amount` fraction of filters with the smallest L1 norm from conv block `block`.
+
+    Returns a new, smaller course ConvNet: the block's conv loses output channels, its
+    BatchNorm the same channels, and the next layer (the next block's conv, or the embed
+    Linear whose input is the flattened feature map) the matching inputs. Li et al., "Pruning
+    Filters for Efficient ConvNets", ICLR 2017.
+    """
+    check_amount(amount)
+    if not isinstance(model, ConvNet) or not 0 <= block < len(model.blocks):
+        raise ValueError(f"l1_prune_conv_block needs a course ConvNet and 0 <= block < {len(getattr(model, 'blocks', []))}")
+    new = copy.deepcopy(model)
+    conv, bn = new.blocks[block][0], new.blocks[block][1]
+    n_keep = max(1, conv.out_channels - round(amount * conv.out_channels))
+    keep = conv.weight.detach().abs().flatten(1).sum(1).topk(n_keep).indices.sort().values
+    new.blocks[block][0] = _sub_conv(conv, out_idx=keep)
+    new.blocks[block][1] = _sub_bn(bn, keep)
+    if block + 1 < len(new.blocks):
+        new.blocks[block + 1][0] = _sub_conv(new.blocks[block + 1][0], in_idx=keep)
+    else:  # the flattened map feeds embed's Linear: keep the columns of the surviving channels
+        lin = new.embed[1]
+        per_channel = lin.in_features // conv.out_channels
+        cols = (keep[:, None] * per_channel + torch.arange(per_channel)).flatten()
+        new.embed[1] = _sub_linear(lin, cols)
+    return new
+
+
+def _sub_conv(conv, out_idx=None, in_idx=None):
+    w = conv.weight.detach()
+    w = w[out_idx] if out_idx is not None else w
+    w = w[:, in_idx] if in_idx is not None else w
+    new = type(conv)(w.shape[1], w.shape[0], conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                     bias=conv.bias is not None)
+    new.weight.data.copy_(w)
+    if conv.bias is not None:
+        new.bias.data.copy_(conv.bias.detach()[out_idx] if out_idx is not None else conv.bias.detach())
+    return new
+
+
+def _sub_bn(bn, idx):
+    new = type(bn)(len(idx))
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        getattr(new, name).data.copy_(getattr(bn, name).detach()[idx])
+    return new
+
+
+def _sub_linear(lin, in_idx):
+    new = nn.Linear(len(in_idx), lin.out_features)
+    new.weight.data.copy_(lin.weight.detach()[:, in_idx])
+    new.bias.data.copy_(lin.bias.detach())
+    return new
+
+
+def structured_prune(model: nn.Module, example_inputs: torch.Tensor, ratio: float, *,
+                     ignored: Sequence[str] = ("head",), importance: str = "l1") -> nn.Module:
+    """Remove `ratio` of the channels of every prunable layer with torch-pruning; returns a copy.
+
+    torch-pruning builds a dependency graph (Fang et al., "DepGraph: Towards Any Structural
+    Pruning", CVPR 2023) so that coupled layers (conv -> BN -> next conv, flatten -> Linear,
+    residual additions) lose the same channels. Layers named in `ignored` (the classifier)
+    keep their outputs. importance: "l1" or "l2" filter norm.
+    """
+    import torch_pruning as tp
+    check_amount(ratio, "ratio")
+    if importance not in ("l1", "l2"):
+        raise ValueError(f"importance must be 'l1' or 'l2', got {importance!r}")
+    new = copy.deepcopy(model).eval()
+    for p in new.parameters():
+        p.requires_grad_(True)
+    modules = dict(new.named_modules())
+    bad = [n for n in ignored if n not in modules]
+    if bad:
+        raise KeyError(f"unknown layer(s) {bad} in ignored; valid names include: {', '.join(list(modules)[1:30])}")
+    pruner = tp.pruner.MagnitudePruner(new, example_inputs, importance=tp.importance.MagnitudeImportance(p=1 if importance == "l1" else 2),
+                                       pruning_ratio=ratio, ignored_layers=[modules[n] for n in ignored])
+    pruner.step()
+    return new
