@@ -8,7 +8,9 @@ Assistant", Mirzadeh et al., AAAI 2020 (TAKD). Every link is one call of
 """
 from __future__ import annotations
 
+import copy
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,17 +23,20 @@ from .losses import KD, check_temperature
 from .models import count_params
 from .training import evaluate, fit, predict
 
-__all__ = ["ChainLink", "run_chain", "chain_seconds", "mean_std", "compare_runs", "target_entropy"]
+__all__ = ["ChainLink", "run_chain", "chain_seconds", "time_epochs", "mean_std", "compare_runs",
+           "target_entropy"]
 
 
 @dataclass
 class ChainLink:
-    """One trained link of a chain: its `model`, test accuracy (%), training seconds, size."""
+    """One trained link of a chain: its `model`, test accuracy (%), training seconds
+    (total wall time, and per epoch), and size in parameters."""
     name: str
     model: nn.Module
     test_acc: float
     seconds: float
     params: int
+    epoch_seconds: tuple = ()
 
 
 def run_chain(teacher: nn.Module, models: Sequence[nn.Module], x_train: torch.Tensor,
@@ -64,14 +69,43 @@ def run_chain(teacher: nn.Module, models: Sequence[nn.Module], x_train: torch.Te
         hist = fit(model, loader, epochs=n_epochs, loss_fn=KD(T=T, alpha=alpha), lr=lr, seed=seed,
                    device=device, progress=progress, desc=f"chain {name}")
         links.append(ChainLink(name, model, evaluate(model, test, device=device), hist["seconds"],
-                               count_params(model)))
+                               count_params(model), tuple(hist["epoch_seconds"])))
         previous = model
     return links
 
 
-def chain_seconds(links: Sequence[ChainLink]) -> float:
-    """Total training seconds of a chain's links (the teacher's own training not included)."""
+def chain_seconds(links: Sequence[ChainLink], *, robust: bool = False) -> float:
+    """Total training seconds of a chain's links (the teacher's own training not included).
+
+    robust=True sums, per link, the median epoch time times the number of epochs: a busy
+    machine that stalls a few epochs then barely changes the figure.
+    """
+    if robust:
+        return float(sum(statistics.median(link.epoch_seconds) * len(link.epoch_seconds)
+                         for link in links if link.epoch_seconds))
     return float(sum(link.seconds for link in links))
+
+
+def time_epochs(models: dict[str, nn.Module], x_train: torch.Tensor, y_train: torch.Tensor, *,
+                n_classes: int = 10, reps: int = 3, batch_size: int = 128, device=None) -> dict[str, float]:
+    """Median seconds of one KD training epoch of each model, timed interleaved.
+
+    models: name -> model (copied, never modified); x_train (N, ...), y_train (N,). Round r
+    trains one epoch of every model in turn, so a slow spell of a shared machine hits all of
+    them alike; the median over `reps` rounds drops stalls. Chain cost = sum over links of
+    epochs x epoch time, comparable across chains even when wall-clock totals are noisy.
+    """
+    if not models or reps < 1:
+        raise ValueError(f"need at least one model and reps >= 1, got {len(models)} models, reps={reps}")
+    t_out = torch.zeros(len(x_train), n_classes)  # (N, C) dummy teacher logits: same work as real ones
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for r in range(reps):
+        for name, model in models.items():
+            loader = TensorLoader(x_train, y_train, t_out, batch_size=batch_size, seed=r)
+            hist = fit(copy.deepcopy(model), loader, epochs=1, loss_fn=KD(), seed=r, device=device,
+                       progress=False)
+            times[name].append(hist["seconds"])
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import kdcourse as kd
-from kdcourse.chains import ChainLink, chain_seconds, compare_runs, mean_std, run_chain, target_entropy
+from kdcourse.chains import (ChainLink, chain_seconds, compare_runs, mean_std, run_chain, target_entropy,
+                             time_epochs)
 
 
 def _toy(n=96, seed=0):
@@ -42,6 +43,10 @@ def test_chain_trains_each_link_from_the_previous_one():
     assert all(isinstance(link, ChainLink) and 0 <= link.test_acc <= 100 for link in links)
     assert links[1].params == kd.count_params(_mlp(4))
     assert chain_seconds(links) == pytest.approx(links[0].seconds + links[1].seconds)
+    assert [len(link.epoch_seconds) for link in links] == [2, 1]
+    fake = [ChainLink("a", None, 0.0, 13.0, 0, (1.0, 1.0, 1.0, 10.0)), ChainLink("b", None, 0.0, 2.0, 0, (2.0,))]
+    assert chain_seconds(fake) == pytest.approx(15.0)
+    assert chain_seconds(fake, robust=True) == pytest.approx(4 * 1.0 + 2.0)  # the stalled epoch is ignored
     # the student's targets came from the assistant: redoing that link by hand matches
     manual = _mlp(4, seed=4)
     run_chain(links[0].model, [manual], x, y, test=(x, y), epochs=1)
@@ -90,3 +95,17 @@ def test_target_entropy_bounds():
         target_entropy(torch.zeros(c))
     with pytest.raises(ValueError):
         target_entropy(logits, T=0)
+
+
+def test_time_epochs_leaves_models_untouched_and_orders_by_size():
+    x, y = _toy(n=256)
+    small = _mlp(4)
+    big = kd.build_model("mlp", (1, 12), width=1024, depth=3, n_classes=4, seed=0)  # ~2M params
+    before = [p.clone() for p in small.parameters()]
+    t = time_epochs({"small": small, "big": big}, x, y, n_classes=4, reps=3, batch_size=32)
+    assert set(t) == {"small", "big"} and all(v > 0 for v in t.values())
+    assert t["big"] > t["small"]
+    for a, b in zip(before, small.parameters()):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError):
+        time_epochs({}, x, y)
