@@ -19,6 +19,8 @@ REQUIRED = {
                                 "mnist_fitnets_acc", "mnist_at_acc", "mnist1d_scratch_std", "mnist1d_fitnets_std"],
     "03_relation_distillation": ["scratch_recall1", "rkd_recall1", "sp_recall1", "pkt_recall1", "teacher_recall1",
                                  "scratch_acc", "rkd_acc", "sp_acc", "pkt_acc", "teacher_acc"],
+    "04_teacher_assistants": ["student_scratch_acc", "student_direct_acc", "student_chain_acc", "capacity_gap_points",
+                              "student_scratch_acc_std", "student_direct_acc_std", "student_chain_acc_std"],
     "05_pruning": ["dense_acc", "unstructured90_acc", "unstructured90_latency_ratio", "structured50_param_ratio",
                    "structured50_latency_ratio_b256", "structured50_finetune_acc", "structured50_kd_acc"],
 }
@@ -53,6 +55,11 @@ def test_02_claims():
 def test_03_claims():
     r = _load("03_relation_distillation")
     assert r["rkd_recall1"] > r["scratch_recall1"] and r["teacher_recall1"] > r["rkd_recall1"]
+
+
+def test_04_claims():
+    r = _load("04_teacher_assistants")
+    assert r["capacity_gap_points"] >= 4
 
 
 def test_05_claims():
