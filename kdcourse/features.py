@@ -20,15 +20,28 @@ __all__ = ["feature_shapes", "make_regressor", "hint_loss", "FitNets", "attentio
 
 
 def _check_pair(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
+    if a.dim() == 0 or b.dim() == 0:
+        raise ValueError(f"{what}: need batched tensors (B, ...), got shapes {tuple(a.shape)} and {tuple(b.shape)}")
     if a.shape[0] != b.shape[0]:
         raise ValueError(f"{what}: batch sizes differ ({a.shape[0]} vs {b.shape[0]})")
     if a.shape[0] == 0:
         raise ValueError(f"{what}: empty batch")
 
 
+def _feature(features: dict, name: str, who: str, loss: str) -> torch.Tensor:
+    if name not in features:
+        raise KeyError(f"{loss}: no captured {who} feature {name!r} (captured: {sorted(features)}); "
+                       f"pass {who}_layers=[{name!r}] to kd.fit")
+    return features[name]
+
+
 @torch.no_grad()
 def feature_shapes(model: nn.Module, layers: Sequence[str], example: torch.Tensor) -> dict[str, tuple]:
-    """Shapes (without the batch dim) of the named layers' outputs on one example batch."""
+    """Shapes (without the batch dim) of the named layers' outputs on one example batch.
+
+    example: (B, *in_shape), only its first two rows are used; returns name -> shape tuple.
+    The model's train/eval state is restored. Introduced in notebook 02.
+    """
     was_training = model.training
     model.eval()
     with capture(model, layers) as feats:
@@ -43,6 +56,7 @@ def make_regressor(student_shape: Sequence[int], teacher_shape: Sequence[int]) -
     (D_s,) -> any teacher shape: Linear to prod(teacher_shape), reshaped (e.g. an MLP student
     hinted by a conv layer). (C_s, L) -> (C_t, L) or (C_s, H, W) -> (C_t, H, W): 1x1 conv, so
     spatial sizes must match. Raises ValueError naming both shapes otherwise.
+    Introduced in notebook 02.
     """
     s, t = tuple(student_shape), tuple(teacher_shape)
     if len(s) == 1 and len(t) > 1:
@@ -61,13 +75,14 @@ def hint_loss(regressed: torch.Tensor, teacher_feat: torch.Tensor) -> torch.Tens
 
     L_hint = mean over batch and elements of (r(f_s) - f_t)^2, shapes (B, ...) equal.
     Paper: Romero et al., "FitNets: Hints for Thin Deep Nets", ICLR 2015 (who use 1/2 ||.||^2;
-    the mean only rescales the weight beta).
+    the mean only rescales the weight beta). The teacher features are a fixed target
+    (detached): no gradient ever reaches the teacher. Introduced in notebook 02.
     """
     _check_pair(regressed, teacher_feat, "hint_loss")
     if regressed.shape != teacher_feat.shape:
         raise ValueError(f"hint_loss: regressed student features {tuple(regressed.shape)} and teacher "
                          f"features {tuple(teacher_feat.shape)} differ in shape")
-    return F.mse_loss(regressed, teacher_feat)
+    return F.mse_loss(regressed, teacher_feat.detach())
 
 
 class FitNets(nn.Module):
@@ -76,7 +91,7 @@ class FitNets(nn.Module):
     L = base(student_out, teacher_out, y) + beta * hint_loss(r(f_s[student_layer]), f_t[teacher_layer])
     with a trainable regressor r (`make_regressor`, or identity when ``regressor=False``).
     ``base=None`` gives the pure hint loss (stage 1 of two-stage FitNets). Pass the same layer
-    names to ``fit(student_layers=[...], teacher_layers=[...])``.
+    names to ``fit(student_layers=[...], teacher_layers=[...])``. Introduced in notebook 02.
     """
 
     def __init__(self, student_shape, teacher_shape, *, student_layer: str, teacher_layer: str,
@@ -89,7 +104,8 @@ class FitNets(nn.Module):
         self.student_layer, self.teacher_layer, self.beta, self.base = student_layer, teacher_layer, beta, base
 
     def forward(self, student_out, teacher_out, targets, features):
-        fs, ft = features.student[self.student_layer], features.teacher[self.teacher_layer]
+        fs = _feature(features.student, self.student_layer, "student", "FitNets")
+        ft = _feature(features.teacher, self.teacher_layer, "teacher", "FitNets")
         loss = self.beta * hint_loss(self.regressor(fs), ft)
         return loss if self.base is None else loss + self.base(student_out, teacher_out, targets, features)
 
@@ -99,7 +115,7 @@ def attention_map(feat: torch.Tensor, p: int = 2) -> torch.Tensor:
 
     (B, C, L) or (B, C, H, W) -> (B, L) or (B, H*W). Zagoruyko & Komodakis, "Paying More
     Attention to Attention", ICLR 2017. Normalisation as in the authors' code: channel mean
-    of f^p, then each map divided by its L2 norm.
+    of f^p, then each map divided by its L2 norm. Introduced in notebook 02.
     """
     if feat.dim() not in (3, 4):
         raise ValueError(f"attention_map needs conv features (B, C, L) or (B, C, H, W), got {tuple(feat.shape)}")
@@ -114,20 +130,21 @@ def attention_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor, p: in
     L_AT = mean_{b, j} (Q_s[b, j] - Q_t[b, j])^2 with Q = attention_map(f). This is the authors'
     released code (the paper writes the un-squared p-norm of the difference, summed with
     weight beta/2); we follow the code, which produced the paper's numbers, and use its
-    beta = 1000. Channel counts may differ; spatial sizes must match.
+    beta = 1000. Channel counts may differ; spatial sizes must match. The teacher side is
+    detached (no gradient reaches the teacher). Introduced in notebook 02.
     """
     _check_pair(student_feat, teacher_feat, "attention_loss")
     if student_feat.shape[2:] != teacher_feat.shape[2:]:
         raise ValueError(f"attention_loss: spatial sizes differ: student {tuple(student_feat.shape)}, "
                          f"teacher {tuple(teacher_feat.shape)}")
-    return (attention_map(student_feat, p) - attention_map(teacher_feat, p)).pow(2).mean()
+    return (attention_map(student_feat, p) - attention_map(teacher_feat.detach(), p)).pow(2).mean()
 
 
 class AttentionTransfer(nn.Module):
     """Attention transfer on layer pairs plus a base loss, as a loss for `kd.fit`.
 
     L = base(...) + beta * sum over pairs of attention_loss(f_s[a], f_t[b]); default beta=1000
-    as in the authors' code.
+    as in the authors' code. Introduced in notebook 02.
     """
 
     def __init__(self, pairs: Sequence[tuple[str, str]], *, beta: float = 1000.0, base: nn.Module | None = CE(), p: int = 2):
@@ -137,7 +154,9 @@ class AttentionTransfer(nn.Module):
         self.pairs, self.beta, self.base, self.p = list(pairs), beta, base, p
 
     def forward(self, student_out, teacher_out, targets, features):
-        at = sum(attention_loss(features.student[a], features.teacher[b], self.p) for a, b in self.pairs)
+        at = sum(attention_loss(_feature(features.student, a, "student", "AttentionTransfer"),
+                                _feature(features.teacher, b, "teacher", "AttentionTransfer"), self.p)
+                 for a, b in self.pairs)
         return self.beta * at if self.base is None else self.base(student_out, teacher_out, targets, features) + self.beta * at
 
 
@@ -148,7 +167,11 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     CKA = ||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F), in [0, 1]. Invariant to orthogonal
     transforms and isotropic scaling, not to arbitrary invertible linear maps.
     Kornblith et al., "Similarity of Neural Network Representations Revisited", ICML 2019.
+    Introduced in notebook 02.
     """
+    if x.dim() < 2 or y.dim() < 2:
+        raise ValueError(f"linear_cka needs representations (n, features...), got shapes {tuple(x.shape)} "
+                         f"and {tuple(y.shape)}; reshape a vector v to v[:, None]")
     _check_pair(x, y, "linear_cka")
     if x.shape[0] < 2:
         raise ValueError("linear_cka needs at least 2 examples")
@@ -167,12 +190,15 @@ def cka_matrix(model_a: nn.Module, model_b: nn.Module, x: torch.Tensor, layers_a
                layers_b: Sequence[str]) -> torch.Tensor:
     """Linear CKA between every layer of `layers_a` (rows) and of `layers_b` (columns) on inputs x.
 
-    Returns a (len(layers_a), len(layers_b)) tensor. Both models run in eval mode.
+    x: (n, *in_shape). Returns a (len(layers_a), len(layers_b)) tensor. Both models run in
+    eval mode (their train/eval state is restored afterwards). Introduced in notebook 02.
     """
     outs = []
     for model, layers in ((model_a, layers_a), (model_b, layers_b)):
+        was_training = model.training
         model.eval()
         with capture(model, layers) as feats:
             model(x)
+        model.train(was_training)
         outs.append([feats[n] for n in layers])
     return torch.tensor([[float(linear_cka(a, b)) for b in outs[1]] for a in outs[0]])

@@ -123,3 +123,68 @@ def test_hooks_on_a_torchvision_model():
         with kd.capture(net, ["layer9"]):
             pass
     assert attention_map(feats["layer4"]).shape == (2, 4)
+
+
+def test_hint_and_attention_losses_send_no_gradient_to_teacher_features():
+    fs = _r(4, 6).requires_grad_(True)
+    ft = _r(4, 3, seed=1).requires_grad_(True)   # even a teacher feature that tracks gradients
+    fit = FitNets((6,), (3,), student_layer="a", teacher_layer="b", base=None)
+    fit(None, None, None, Features({"a": fs}, {"b": ft})).backward()
+    assert fs.grad.abs().sum() > 0 and ft.grad is None
+    assert all(p.grad is not None for p in fit.regressor.parameters())   # the regressor trains too
+    cs, ct = _r(2, 3, 4, 4).requires_grad_(True), _r(2, 5, 4, 4, seed=2).requires_grad_(True)
+    attention_loss(cs, ct).backward()
+    assert cs.grad is not None and ct.grad is None
+
+
+def test_losses_name_a_missing_captured_feature():
+    fit = FitNets((6,), (6,), student_layer="embed", teacher_layer="blocks.1", base=None)
+    with pytest.raises(KeyError, match="no captured teacher feature 'blocks.1'.*teacher_layers"):
+        fit(None, None, None, Features({"embed": _r(2, 6)}, {}))
+    at = AttentionTransfer([("blocks.0", "blocks.0")], base=None)
+    with pytest.raises(KeyError, match="no captured student feature 'blocks.0'"):
+        at(None, None, None, Features({}, {"blocks.0": _r(2, 3, 4, 4)}))
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: attention_loss(_r(0, 3, 5, 5), _r(0, 3, 5, 5)), "empty batch"),
+    (lambda: linear_cka(_r(0, 3), _r(0, 3)), "empty batch"),
+    (lambda: linear_cka(_r(10), _r(10)), "needs representations"),
+    (lambda: hint_loss(torch.tensor(1.0), torch.tensor(1.0)), "batched tensors"),
+    (lambda: linear_cka(torch.ones(5, 3), _r(5, 3)), "constant"),
+])
+def test_more_bad_input_errors(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_linear_cka_not_invariant_to_an_arbitrary_invertible_map():
+    x = _r(200, 10)
+    a = torch.diag(torch.tensor([10.0] + [0.1] * 9))   # invertible, strongly anisotropic
+    assert linear_cka(x, x @ a).item() < 0.9
+
+
+def test_cka_matrix_restores_train_mode_and_feature_shapes():
+    m = kd.build_model("mlp", (1, 40), width=8).train()
+    cka_matrix(m, m, _r(20, 1, 40), ["embed"], ["head"])
+    assert m.training
+    assert feature_shapes(m, ["blocks.0", "embed", "head"], _r(5, 1, 40)) == {
+        "blocks.0": (8,), "embed": (8,), "head": (10,)}
+    assert m.training
+
+
+def test_capture_on_a_course_model_matches_output_and_releases_hooks():
+    m = kd.build_model("cnn", (1, 28, 28), width=4).eval()
+    x = _r(3, 1, 28, 28)
+    with kd.capture(m, ["blocks.0", "head"]) as feats:
+        out = m(x)
+    torch.testing.assert_close(feats["head"], out)
+    assert feats["blocks.0"].shape == (3, 4, 14, 14)
+    assert all(not mod._forward_hooks for mod in m.modules())
+    with pytest.raises(RuntimeError):
+        with kd.capture(m, ["blocks.0"]):
+            raise RuntimeError("boom")
+    assert all(not mod._forward_hooks for mod in m.modules())   # removed even after an error
+    with pytest.raises(KeyError, match="unknown layer name.*'blocks.7'.*valid names: blocks"):
+        with kd.capture(m, ["blocks.7"]):
+            pass
