@@ -179,15 +179,18 @@ def percentile_range(x: torch.Tensor, *, pct: float = 99.99,
 
 
 def mse_range(x: torch.Tensor, *, bits: int = 8, symmetric: bool = False, axis: int | None = None,
-              n_grid: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+              n_grid: int = 50, max_samples: int = 100_000) -> tuple[torch.Tensor, torch.Tensor]:
     """The range alpha * (min, max), alpha in (0, 1], whose quantization MSE on `x` is smallest.
 
-    Grid search over `n_grid` shrink factors (per channel when `axis` is set); trades a little
-    clipping of outliers for a finer step (Nagel et al. 2021, section 3.3).
+    Grid search over `n_grid` shrink factors (per channel when `axis` is set), on at most
+    `max_samples` values per channel; trades a little clipping of outliers for a finer step
+    (Nagel et al. 2021, section 3.3).
     """
     bits = check_bits(bits)
     lo, hi = minmax_range(x, axis=axis)
     flat = _channels(x.detach().float(), axis)  # (C, N)
+    if flat.size(1) > max_samples:  # search on an evenly strided subsample (min and max are kept above)
+        flat = flat[:, ::math.ceil(flat.size(1) / max_samples)]
     alphas = torch.linspace(1.0 / n_grid, 1.0, n_grid)
     errs = []
     for a in alphas:
@@ -233,15 +236,20 @@ class FakeQuant(nn.Module):
         self.register_buffer("lo", torch.tensor(float("nan")))
         self.register_buffer("hi", torch.tensor(float("nan")))
         self._recorded: list[torch.Tensor] | None = None
+        self._cached: tuple | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._recorded is not None:
             self._recorded.append(x.detach())
         if not self.enabled:
             return x
-        if self.weight:
-            with torch.no_grad():
-                qp = observe(x, self.observer, bits=self.bits, symmetric=True, axis=self.axis, pct=self.pct)
+        if self.weight:  # re-observe while training; in eval reuse the range until the weight changes
+            key = (id(x), x._version)
+            if self.training or self._cached is None or self._cached[0] != key:
+                with torch.no_grad():
+                    qp = observe(x, self.observer, bits=self.bits, symmetric=True, axis=self.axis, pct=self.pct)
+                self._cached = (key, qp)
+            qp = self._cached[1]
         elif torch.isnan(self.lo):
             return x  # not calibrated yet
         else:

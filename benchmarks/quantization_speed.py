@@ -1,0 +1,64 @@
+"""Size, accuracy and latency of every int8 engine of notebook 06, at batch 1 and batch 256.
+
+Usage: python benchmarks/quantization_speed.py [--width 16] [--threads 2] [--reps 50] [--compile-fp32]
+
+Quantizes the course's MNIST teacher (or an untrained CNN of another --width; accuracy then
+only shows that the engines agree with fp32) with each engine in kdcourse.quantization and
+prints ratios to the fp32 model in eager PyTorch, measured interleaved in one process.
+Compare ratios from one run, not milliseconds across runs or machines.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+import kdcourse as kd
+from kdcourse import quantization as Q
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--width", type=int, default=16, help="CNN width; 16 is the cached teacher, others are untrained")
+    ap.add_argument("--threads", type=int, default=kd.get_profile().threads)
+    ap.add_argument("--reps", type=int, default=50)
+    ap.add_argument("--compile-fp32", action="store_true", help="add the fp32 model under torch.compile as a reference")
+    a = ap.parse_args()
+    kd.set_threads(a.threads)
+    data = kd.load_dataset("mnist")
+    if a.width == 16:
+        model = kd.get_teacher("mnist", progress=False).eval()
+        y = data.y_test
+    else:
+        model = kd.build_model("cnn", data.in_shape, width=a.width, seed=0).eval()
+        y = model(data.x_test).argmax(1)  # untrained: score agreement with fp32
+    calib = data.x_train[:256]
+    engines = {"fp32": model}
+    makers = [lambda: Q.pt2e_int8(model, calib), lambda: Q.torchao_linear_int8(model),
+              lambda: Q.torchao_linear_int8(model, compile=True, example=calib), lambda: Q.ort_fp32(model, calib[:2]),
+              lambda: Q.ort_static_int8(model, calib), lambda: Q.ort_dynamic_int8(model, calib[:2])]
+    if a.compile_fp32:
+        t0 = time.perf_counter()
+        fp32c = torch.compile(model, dynamic=False)
+        with torch.inference_mode():
+            for b in (1, 256):
+                fp32c(calib[:1].expand(b, *calib.shape[1:]).contiguous())
+        engines["fp32_compiled"] = Q.Engine("fp32_compiled", fp32c, kd.model_size_bytes(model), 0.0,
+                                            time.perf_counter() - t0)
+    for make in makers:
+        e = make()
+        engines[e.name] = e
+    rows = Q.compare_engines(engines, "fp32", data.x_test, y, batch_sizes=(1, 256), reps=a.reps)
+    print(f"width {a.width}, {torch.get_num_threads()} threads, {a.reps} reps; ratios are to fp32 eager PyTorch")
+    print(f"{'engine':24s} {'acc %':>6s} {'size':>6s} {'b1 ms':>7s} {'b1 ratio':>8s} {'b256 ms':>8s} "
+          f"{'b256 ratio':>10s} {'build s':>7s} {'compile s':>9s}")
+    for name, r in rows.items():
+        e = engines[name]
+        build, comp = (e.build_seconds, e.compile_seconds) if isinstance(e, Q.Engine) else (0.0, 0.0)
+        print(f"{name:24s} {r['acc']:6.1f} {r['size_ratio']:6.2f} {r['ms_b1']:7.3f} {r['latency_ratio_b1']:8.2f} "
+              f"{r['ms_b256']:8.2f} {r['latency_ratio_b256']:10.2f} {build:7.1f} {comp:9.1f}")
+
+
+if __name__ == "__main__":
+    main()
