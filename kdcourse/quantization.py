@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import logging
 import math
 import os
 import tempfile
@@ -409,17 +410,24 @@ def _compile_for(module: nn.Module, batch_sizes: Sequence[int], example: torch.T
     import torch._inductor.config as inductor_config
     inductor_config.freezing = True
     compiled = torch.compile(module, dynamic=False)
+    # ordinary (not inference-mode) input tensors, like the data later passed in: dynamo guards on the difference
+    inputs = [example[:1].expand(b, *example.shape[1:]).clone() for b in batch_sizes]
+    cuda_log = logging.getLogger("torch.utils.cpp_extension")  # "No CUDA runtime is found" on CPU machines
+    level = cuda_log.level
+    cuda_log.setLevel(logging.ERROR)
     t0 = time.perf_counter()
-    with torch.inference_mode(), warnings.catch_warnings():  # the mode measure_latency runs in
-        warnings.filterwarnings("ignore", message="To copy construct from a tensor")
-        for b in batch_sizes:
-            compiled(example[:1].expand(b, *example.shape[1:]).contiguous())
+    try:
+        with torch.inference_mode(), warnings.catch_warnings():  # the mode measure_latency runs in
+            warnings.filterwarnings("ignore", message="To copy construct from a tensor")
+            for x in inputs:
+                compiled(x)
+    finally:
+        cuda_log.setLevel(level)
     return compiled, time.perf_counter() - t0
 
 
 def _import_torchao():
     """Import torchao with the logger warning that torch 2.14 emits for one of its enums silenced."""
-    import logging
     log = logging.getLogger("torch.utils._pytree")
     level = log.level
     log.setLevel(logging.ERROR)
@@ -559,7 +567,6 @@ def ort_dynamic_int8(model: nn.Module, example: torch.Tensor) -> Engine:
     return _ort_engine("ort_dynamic", model, example, quantize_fn)
 
 
-@torch.inference_mode()
 def engine_accuracy(fn: Callable, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 256) -> float:
     """Accuracy (%) of `fn` on (x, y), in batches of exactly `batch_size` (the last one padded).
 
@@ -571,7 +578,9 @@ def engine_accuracy(fn: Callable, x: torch.Tensor, y: torch.Tensor, *, batch_siz
         n = len(xb)
         if n < batch_size:
             xb = torch.cat([xb, xb[:1].expand(batch_size - n, *xb.shape[1:])])
-        correct += int((torch.as_tensor(fn(xb))[:n].argmax(1) == y[i:i + n]).sum())
+        with torch.inference_mode():
+            logits = torch.as_tensor(fn(xb))
+        correct += int((logits[:n].argmax(1) == y[i:i + n]).sum())
     return 100.0 * correct / len(x)
 
 
