@@ -23,6 +23,8 @@ REQUIRED = {
                               "student_scratch_acc_std", "student_direct_acc_std", "student_chain_acc_std"],
     "05_pruning": ["dense_acc", "unstructured90_acc", "unstructured90_latency_ratio", "structured50_param_ratio",
                    "structured50_latency_ratio_b256", "structured50_finetune_acc", "structured50_kd_acc"],
+    "06_quantization": ["fp32_acc", "int8_acc", "int8_size_ratio", "int8_latency_ratio_b256", "ptq_low_bit_acc",
+                        "qat_low_bit_acc", "qat_kd_low_bit_acc", "pt2e_x86_acc", "torchao_linear_acc", "ort_static_acc"],
 }
 
 
@@ -67,3 +69,12 @@ def test_05_claims():
     assert r["unstructured90_acc"] >= r["dense_acc"] - 0.5
     assert r["structured50_param_ratio"] <= 0.3 and r["structured50_latency_ratio_b256"] <= 0.6
     assert max(r["structured50_finetune_acc"], r["structured50_kd_acc"]) >= r["dense_acc"] - 0.5
+
+
+def test_06_claims():
+    r = _load("06_quantization")
+    assert abs(r["int8_acc"] - r["fp32_acc"]) <= 0.3
+    assert r["int8_size_ratio"] <= 0.3 and r["int8_latency_ratio_b256"] <= 0.5
+    gap = r["fp32_acc"] - r["ptq_low_bit_acc"]
+    assert gap >= 5, "PTQ should visibly break at the low bit width"
+    assert r["qat_low_bit_acc"] - r["ptq_low_bit_acc"] >= 0.5 * gap, "QAT should recover at least half the gap"
