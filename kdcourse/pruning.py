@@ -105,26 +105,30 @@ def layerwise_magnitude_prune(model: nn.Module, amount: float | dict[str, float]
 
 def taylor_scores(model: nn.Module, batches: Iterable, loss_fn: Callable | None = None,
                   n_batches: int = 8) -> dict[str, torch.Tensor]:
-    """First-order Taylor importance |w * dL/dw| per weight, summed over `n_batches` batches.
+    """First-order Taylor importance of every weight, ``mean_b (w * dL_b/dw)^2`` over `n_batches`.
 
-    It estimates how much the loss changes when a weight is set to zero (Molchanov et al.,
-    "Importance Estimation for Neural Network Pruning", CVPR 2019; LeCun et al. 1990 used the
-    second-order term). batches yield (x, y, ...); loss_fn defaults to cross-entropy.
+    ``dL_b/dw`` is the gradient of the mean loss of batch b; each score has the weight's shape.
+    (w * g)^2 approximates the squared change of the loss when w is set to zero (Molchanov,
+    Mallya, Tyree, Frosio, Kautz, "Importance Estimation for Neural Network Pruning", CVPR 2019,
+    Eq. 3; LeCun, Denker & Solla's Optimal Brain Damage, NIPS 1989, used the second-order term).
+    batches yield (x, y, ...); loss_fn defaults to cross-entropy. The model is left unchanged.
     """
     loss_fn = loss_fn or nn.functional.cross_entropy
     layers = prunable_layers(model)
     scores = {n: torch.zeros_like(m.weight) for n, m in layers.items()}
     model.eval()
-    for i, batch in enumerate(batches):
-        if i == n_batches:
+    seen = 0
+    for batch in batches:
+        if seen == n_batches:
             break
         model.zero_grad()
         loss_fn(model(batch[0]), batch[1]).backward()
         for n, m in layers.items():
             w = m.weight_orig if hasattr(m, "weight_orig") else m.weight
-            scores[n] += (w * w.grad).abs().detach()
+            scores[n] += (w * w.grad).detach() ** 2
+        seen += 1
     model.zero_grad()
-    return scores
+    return {n: s / max(seen, 1) for n, s in scores.items()}
 
 
 def make_permanent(model: nn.Module) -> nn.Module:

@@ -32,9 +32,11 @@ def load_results(notebook: str, results_dir: str | Path | None = None) -> dict[s
 
 
 def record(notebook: str, results_dir: str | Path | None = None, **figures: float) -> dict[str, float]:
-    """Merge finite numeric `figures` into the notebook's results file (atomic write); return all.
+    """Merge finite numeric `figures` into the notebook's results file (atomic write).
 
     Names are lower_snake_case; values must be finite ints or floats (bools are rejected).
+    Returns the figures written by this call only, so a notebook cell shows what *this* run
+    measured; ``load_results`` returns the whole file.
     """
     if not figures:
         raise ValueError("record() needs at least one figure, e.g. record('00_orientation', acc=97.1)")
@@ -48,4 +50,4 @@ def record(notebook: str, results_dir: str | Path | None = None, **figures: floa
     merged = {**load_results(notebook, results_dir), **clean}
     text = json.dumps(dict(sorted(merged.items())), indent=1) + "\n"
     atomic_write_bytes(results_path(notebook, results_dir), text.encode())
-    return merged
+    return clean

@@ -63,6 +63,16 @@ def test_taylor_scores_and_prune_by_scores():
     assert sparsity_report(m)["global"]["sparsity"] == pytest.approx(0.5, abs=1e-3)
 
 
+def test_taylor_scores_are_the_mean_squared_weight_times_gradient():
+    m = _cnn().eval()  # taylor_scores evaluates in eval mode (BatchNorm running statistics)
+    batches = [(torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))) for _ in range(3)]
+    want = torch.zeros_like(m.head.weight)
+    for x, y in batches:
+        g, = torch.autograd.grad(torch.nn.functional.cross_entropy(m(x), y), m.head.weight)
+        want += (m.head.weight.detach() * g) ** 2 / 3
+    torch.testing.assert_close(taylor_scores(m, batches, n_batches=5)["head"], want)
+
+
 def test_sensitivity_scan_shapes_and_leaves_model_untouched():
     m = _cnn()
     x, y = torch.randn(50, 1, 28, 28), torch.randint(0, 10, (50,))

@@ -69,6 +69,7 @@ def test_05_claims():
     assert r["unstructured90_acc"] >= r["dense_acc"] - 0.5
     assert r["structured50_param_ratio"] <= 0.3 and r["structured50_latency_ratio_b256"] <= 0.6
     assert max(r["structured50_finetune_acc"], r["structured50_kd_acc"]) >= r["dense_acc"] - 0.5
+    assert r["few_labels_kd_acc"] >= r["few_labels_finetune_acc"] + 1  # KD pays when labels are scarce
 
 
 def test_06_claims():

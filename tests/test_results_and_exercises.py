@@ -9,9 +9,10 @@ import kdcourse as kd
 def test_record_merges_and_is_flat_json(tmp_path):
     kd.record("01_soft_labels", results_dir=tmp_path, kd_acc=91.5, n_seeds=3)
     out = kd.record("01_soft_labels", results_dir=tmp_path, scratch_acc=90.0)
-    assert out == {"kd_acc": 91.5, "n_seeds": 3, "scratch_acc": 90.0}
-    assert json.loads((tmp_path / "01_soft_labels.json").read_text()) == out
-    assert kd.load_results("01_soft_labels", results_dir=tmp_path) == out
+    assert out == {"scratch_acc": 90.0}  # only what this call wrote
+    merged = {"kd_acc": 91.5, "n_seeds": 3, "scratch_acc": 90.0}
+    assert json.loads((tmp_path / "01_soft_labels.json").read_text()) == merged
+    assert kd.load_results("01_soft_labels", results_dir=tmp_path) == merged
     assert kd.load_results("02_feature_distillation", results_dir=tmp_path) == {}
 
 
