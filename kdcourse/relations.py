@@ -57,8 +57,10 @@ def rkd_angle_loss(s: torch.Tensor, t: torch.Tensor, *, max_anchors: int | None 
                    generator: torch.Generator | None = None) -> torch.Tensor:
     """RKD angle loss: Huber between cos angle(i, j, k) of student and teacher over triplets.
 
-    Cost is cubic in B: the (B, B, B) angle tensor. With ``max_anchors=A`` only A random
-    vertices j are used, (A, B, B) — an unbiased sub-sample of the same loss, O(A B^2).
+    Cost is cubic in B: the (B, B, B) angle tensor (B^3 D multiply-adds). With ``max_anchors=A``
+    only A random vertices j (``torch.randperm(B, generator=generator)[:A]``) are used, an
+    (A, B, B) tensor: every vertex has B^2 triplets, so this is an unbiased (noisier) estimate
+    of the full loss, at A B^2 D multiply-adds.
     Park et al., CVPR 2019.
     """
     s, t = _pair(s, t, "rkd_angle_loss")
@@ -72,7 +74,8 @@ def sp_loss(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Similarity-preserving loss: || norm(S S^T) - norm(T T^T) ||_F^2 / B^2.
 
     G = F F^T is the (B, B) Gram matrix of the flattened features and norm() scales each row
-    to unit L2 norm. Invariant to permuting feature channels. Tung & Mori,
+    to unit L2 norm. Invariant to any orthogonal map of either embedding (rotation, reflection,
+    channel permutation) and to uniform scaling, but not to a shift. Tung & Mori,
     "Similarity-Preserving Knowledge Distillation", ICCV 2019.
     """
     s, t = _pair(s, t, "sp_loss")
@@ -83,9 +86,11 @@ def sp_loss(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 def pkt_loss(s: torch.Tensor, t: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     """Probabilistic knowledge transfer: KL between conditional similarity distributions.
 
-    K_ij = (cos(e_i, e_j) + 1) / 2, P_ij = K_ij / sum_j K_ij for each model; the loss is
-    mean_ij P^t_ij log(P^t_ij / P^s_ij). Passalis & Tefas, "Learning Deep Representations
-    with Probabilistic Knowledge Transfer", ECCV 2018.
+    K_ij = (cos(e_i, e_j) + 1) / 2, P_ij = K_ij / sum_k K_ik for each model (the diagonal
+    K_ii = 1 is kept); the loss is mean_ij P^t_ij log(P^t_ij / P^s_ij), i.e. the mean row-wise
+    KL divided by B, so it shrinks like 1/B. Cosines make it invariant to any orthogonal map and
+    to uniform scaling of either embedding, but not to a shift. Passalis & Tefas, "Learning Deep
+    Representations with Probabilistic Knowledge Transfer", ECCV 2018.
     """
     s, t = _pair(s, t, "pkt_loss")
 

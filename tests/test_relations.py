@@ -62,6 +62,21 @@ def test_sp_invariant_to_permuting_channels_and_zero_when_equal():
     assert sp_loss(_r(10, 3, 4, 4), _r(10, 8, 2, 2)).item() >= 0  # conv features are flattened
 
 
+@pytest.mark.parametrize("loss", [sp_loss, pkt_loss])
+def test_sp_and_pkt_invariant_to_rotation_and_scale_but_not_shift(loss):
+    t, s = _r(16, 8), _r(16, 5, seed=2)
+    base = loss(s, t)
+    torch.testing.assert_close(loss(3.0 * s @ _rotation(5), 0.5 * t @ _rotation(8, seed=3)), base, atol=1e-6, rtol=1e-4)
+    assert abs(loss(s + 1.0, t).item() - base.item()) > 1e-3 * base.item()
+    assert loss(t @ _rotation(8) * 2.0, t).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_pkt_scales_like_one_over_batch_size():
+    # same geometry repeated: each row's KL is unchanged, but the mean over B^2 entries divides it by B
+    t, s = _r(8, 5), _r(8, 5, seed=3)
+    torch.testing.assert_close(pkt_loss(s.repeat(4, 1), t.repeat(4, 1)) * 4, pkt_loss(s, t), atol=1e-6, rtol=1e-3)
+
+
 def test_sp_hand_example():
     s = torch.tensor([[1.0, 0.0], [0.0, 1.0]])   # G_s = I -> rows already unit
     t = torch.tensor([[1.0], [1.0]])             # G_t = all ones -> rows (1,1)/sqrt2
