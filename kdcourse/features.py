@@ -73,7 +73,8 @@ def make_regressor(student_shape: Sequence[int], teacher_shape: Sequence[int]) -
 def hint_loss(regressed: torch.Tensor, teacher_feat: torch.Tensor) -> torch.Tensor:
     """FitNets hint loss: mean squared error between regressed student and teacher features.
 
-    L_hint = mean over batch and elements of (r(f_s) - f_t)^2, shapes (B, ...) equal.
+    L_hint = (1/N) sum (r(f_s) - f_t)^2 with N = batch size x elements per example, i.e. the
+    mean over batch and elements; shapes (B, ...) equal.
     Paper: Romero et al., "FitNets: Hints for Thin Deep Nets", ICLR 2015 (who use 1/2 ||.||^2;
     the mean only rescales the weight beta). The teacher features are a fixed target
     (detached): no gradient ever reaches the teacher. Introduced in notebook 02.
@@ -125,13 +126,16 @@ def attention_map(feat: torch.Tensor, p: int = 2) -> torch.Tensor:
 
 
 def attention_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor, p: int = 2) -> torch.Tensor:
-    """Attention-transfer loss: mean squared difference of the normalised attention maps.
+    """Attention-transfer loss: squared difference of the normalised attention maps, averaged.
 
-    L_AT = mean_{b, j} (Q_s[b, j] - Q_t[b, j])^2 with Q = attention_map(f). This is the authors'
-    released code (the paper writes the un-squared p-norm of the difference, summed with
-    weight beta/2); we follow the code, which produced the paper's numbers, and use its
-    beta = 1000. Channel counts may differ; spatial sizes must match. The teacher side is
-    detached (no gradient reaches the teacher). Introduced in notebook 02.
+    L_AT = 1/(B*P) sum_{b, j} (Q_s[b, j] - Q_t[b, j])^2, the mean over the batch (B) and the
+    P = H*W (or L) positions, with Q = attention_map(f); this is the authors' released code.
+    The paper (Zagoruyko & Komodakis, ICLR 2017) writes beta/2 times the *un-squared* 2-norm
+    of the difference, with beta = 1e3 divided by P and by the batch size: the same averaging,
+    but the distance is not squared. We follow the code (its gradient shrinks smoothly to zero
+    as the maps agree); `AttentionTransfer` applies beta = 1000 to this mean. Channel counts
+    may differ; spatial sizes must match. The teacher side is detached (no gradient reaches
+    the teacher). Introduced in notebook 02.
     """
     _check_pair(student_feat, teacher_feat, "attention_loss")
     if student_feat.shape[2:] != teacher_feat.shape[2:]:
@@ -143,8 +147,9 @@ def attention_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor, p: in
 class AttentionTransfer(nn.Module):
     """Attention transfer on layer pairs plus a base loss, as a loss for `kd.fit`.
 
-    L = base(...) + beta * sum over pairs of attention_loss(f_s[a], f_t[b]); default beta=1000
-    as in the authors' code. Introduced in notebook 02.
+    L = base(...) + beta * sum over pairs of attention_loss(f_s[a], f_t[b]); default beta=1000,
+    the paper's 10^3 applied to the per-element mean as in the authors' code (not tuned for
+    the course's small models). Introduced in notebook 02.
     """
 
     def __init__(self, pairs: Sequence[tuple[str, str]], *, beta: float = 1000.0, base: nn.Module | None = CE(), p: int = 2):

@@ -64,6 +64,18 @@ def test_attention_map_hand_example_and_scale_invariance():
     assert attention_loss(ft, ft.clone()).item() == pytest.approx(0.0, abs=1e-12)
 
 
+def test_attention_loss_is_the_mean_over_batch_and_positions_and_hint_loss_the_mean_over_elements():
+    fs, ft = _r(3, 4, 5, 6), _r(3, 8, 5, 6, seed=1)
+    qs, qt = attention_map(fs), attention_map(ft)
+    assert qs.shape == (3, 30)
+    torch.testing.assert_close(qs.norm(dim=1), torch.ones(3))                       # unit-length maps
+    torch.testing.assert_close(attention_loss(fs, ft), ((qs - qt) ** 2).sum() / (3 * 30))   # 1/(B*HW) sum
+    at = AttentionTransfer([("a", "b")], base=None)                                 # default beta = 1000
+    torch.testing.assert_close(at(None, None, None, Features({"a": fs}, {"b": ft})), 1000.0 * attention_loss(fs, ft))
+    a, b = _r(4, 3, 5), _r(4, 3, 5, seed=2)
+    torch.testing.assert_close(hint_loss(a, b), ((a - b) ** 2).sum() / (4 * 15))     # N = batch x elements
+
+
 def test_attention_transfer_gradient_reaches_student_only():
     fs, ft = _r(3, 4, 5, 5).requires_grad_(True), _r(3, 8, 5, 5, seed=1)
     loss = AttentionTransfer([("a", "b")], base=None)(None, None, None, Features({"a": fs}, {"b": ft}))
