@@ -30,19 +30,22 @@ __all__ = ["ChainLink", "run_chain", "chain_seconds", "time_epochs", "mean_std",
 @dataclass
 class ChainLink:
     """One trained link of a chain: its `model`, test accuracy (%), training seconds
-    (total wall time, and per epoch), and size in parameters."""
+    (total wall time, and per epoch), size in parameters, and (with ``run_chain(curve=True)``)
+    the test accuracy after every epoch, the last entry equal to `test_acc`."""
     name: str
     model: nn.Module
     test_acc: float
     seconds: float
     params: int
     epoch_seconds: tuple = ()
+    test_curve: tuple = ()
 
 
 def run_chain(teacher: nn.Module, models: Sequence[nn.Module], x_train: torch.Tensor,
               y_train: torch.Tensor, *, test, epochs: int | Sequence[int], T: float = 4.0,
               alpha: float = 0.5, batch_size: int = 128, lr: float = 1e-3, seed: int = 0,
-              names: Sequence[str] | None = None, device=None, progress: bool = False) -> list[ChainLink]:
+              names: Sequence[str] | None = None, device=None, progress: bool = False,
+              curve: bool = False) -> list[ChainLink]:
     """Distil `teacher` into ``models[0]``, then ``models[0]`` into ``models[1]``, and so on.
 
     models: untrained models, assistants first and the student last (one model = direct KD).
@@ -50,6 +53,8 @@ def run_chain(teacher: nn.Module, models: Sequence[nn.Module], x_train: torch.Te
     logits (N, C) on x_train, computed once with the predecessor in eval mode (no_grad).
     test: (x, y) or a loader, for each link's accuracy. epochs: one int for every link or one
     per link. Loss of each link: Hinton KD, ``alpha*CE + (1-alpha)*T^2*KL`` (`losses.KD`).
+    curve=True also evaluates `test` after every epoch (``ChainLink.test_curve``, to check
+    that a run has plateaued); training is unchanged, the epoch times include the evaluation.
     Returns one `ChainLink` per model, in order; the models are trained in place.
     """
     models = list(models)
@@ -67,9 +72,9 @@ def run_chain(teacher: nn.Module, models: Sequence[nn.Module], x_train: torch.Te
         t_out = predict(previous, x_train, device=device)  # (N, C) soft targets of this link
         loader = TensorLoader(x_train, y_train, t_out, batch_size=batch_size, seed=seed)
         hist = fit(model, loader, epochs=n_epochs, loss_fn=KD(T=T, alpha=alpha), lr=lr, seed=seed,
-                   device=device, progress=progress, desc=f"chain {name}")
+                   test=test if curve else None, device=device, progress=progress, desc=f"chain {name}")
         links.append(ChainLink(name, model, evaluate(model, test, device=device), hist["seconds"],
-                               count_params(model), tuple(hist["epoch_seconds"])))
+                               count_params(model), tuple(hist["epoch_seconds"]), tuple(hist["test_acc"])))
         previous = model
     return links
 

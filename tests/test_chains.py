@@ -54,6 +54,17 @@ def test_chain_trains_each_link_from_the_previous_one():
         torch.testing.assert_close(a, b)
 
 
+def test_curve_records_test_accuracy_per_epoch_without_changing_training():
+    x, y = _toy()
+    teacher = _mlp(32, seed=1)
+    plain = run_chain(teacher, [_mlp(seed=2)], x, y, test=(x, y), epochs=3, seed=4)[0]
+    traced = run_chain(teacher, [_mlp(seed=2)], x, y, test=(x, y), epochs=3, seed=4, curve=True)[0]
+    assert plain.test_curve == () and len(traced.test_curve) == 3
+    assert traced.test_curve[-1] == pytest.approx(traced.test_acc)
+    for a, b in zip(plain.model.parameters(), traced.model.parameters()):
+        torch.testing.assert_close(a, b)
+
+
 def test_run_chain_rejects_bad_input():
     x, y = _toy()
     teacher = _mlp(seed=1)
