@@ -37,9 +37,9 @@ from torch import nn
 
 __all__ = ["QParams", "check_bits", "qparams", "quantize", "dequantize", "fake_quantize", "FakeQuant",
            "minmax_range", "percentile_range", "mse_range", "observe", "OBSERVERS", "quant_mse",
-           "fold_batchnorm", "QuantLayer", "quantize_model", "calibrate", "Engine", "pt2e_int8",
-           "torchao_linear_int8", "export_onnx", "ort_model", "ort_static_int8", "ort_dynamic_int8",
-           "engine_accuracy", "compare_engines"]
+           "fold_batchnorm", "QuantLayer", "quantize_model", "calibrate", "recovered_share", "layer_macs",
+           "Engine", "compiled_fp32", "pt2e_int8", "torchao_linear_int8", "export_onnx", "ort_model",
+           "ort_static_int8", "ort_dynamic_int8", "FP32_REFERENCE", "engine_accuracy", "compare_engines"]
 
 OBSERVERS = ("minmax", "percentile", "mse")
 
@@ -185,7 +185,8 @@ def mse_range(x: torch.Tensor, *, bits: int = 8, symmetric: bool = False, axis: 
 
     Grid search over `n_grid` shrink factors (per channel when `axis` is set), on at most
     `max_samples` values per channel; trades a little clipping of outliers for a finer step
-    (Nagel et al. 2021, section 3.3).
+    (Nagel et al. 2021, "A White Paper on Neural Network Quantization", arXiv:2106.08295,
+    section 3.1, quantization range setting).
     """
     bits = check_bits(bits)
     lo, hi = minmax_range(x, axis=axis)
@@ -358,6 +359,53 @@ def calibrate(qmodel: nn.Module, calib_x: torch.Tensor, *, batch_size: int = 256
     return qmodel
 
 
+def recovered_share(fp32_acc: float, ptq_acc: float, qat_acc: float, *, noise: float = 0.0) -> float | None:
+    """Share of PTQ's accuracy loss that QAT wins back, (qat - ptq) / (fp32 - ptq).
+
+    None when PTQ lost no more than `noise` points (e.g. two standard errors of the test
+    accuracy): there is then nothing to recover, and the ratio would divide by ~0 or a negative.
+    """
+    if noise < 0:
+        raise ValueError(f"noise must be >= 0, got {noise}")
+    lost = fp32_acc - ptq_acc
+    if lost <= noise or lost <= 0:
+        return None
+    return (qat_acc - ptq_acc) / lost
+
+
+@torch.no_grad()
+def layer_macs(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
+    """Multiply-accumulates per example of every Conv1d/Conv2d/Linear, for inputs shaped like `x` (B, ...).
+
+    Conv: output elements x (C_in / groups) x kernel size; Linear: in_features x out_features
+    (per row of the output). Counts arithmetic only, not memory traffic or per-call overhead, so
+    a layer's share of MACs is a rough guide to its share of the time, not a measurement.
+    """
+    macs: dict[str, int] = {}
+    hooks = []
+
+    def hook(name):
+        def fn(module, inputs, out):
+            per_example = out[0].numel()  # one example of the batch
+            if isinstance(module, nn.Linear):
+                macs[name] = per_example * module.in_features
+            else:
+                macs[name] = per_example * (module.in_channels // module.groups) * math.prod(module.kernel_size)
+        return fn
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+            hooks.append(m.register_forward_hook(hook(name)))
+    was_training = model.training
+    try:
+        model.eval()
+        model(x[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return macs
+
+
 # ----------------------------------------------------------------------------- real int8 engines
 @dataclass
 class Engine:
@@ -435,6 +483,16 @@ def _import_torchao():
         import torchao.quantization  # noqa: F401
     finally:
         log.setLevel(level)
+
+
+def compiled_fp32(model: nn.Module, example: torch.Tensor, *, batch_sizes: Sequence[int] = (1, 256)) -> Engine:
+    """The fp32 model under ``torch.compile`` with the settings ``pt2e_int8`` uses (Inductor freezing,
+    static shapes, compiled now for `batch_sizes`): the baseline that separates the compiler's
+    gains (fusion, BatchNorm folding, pre-packed weights) from int8's. example: (N, *in_shape).
+    """
+    model = copy.deepcopy(model).eval()
+    compiled, secs = _compile_for(model, batch_sizes, example)
+    return Engine("fp32_compiled", compiled, _state_bytes(model.state_dict()), 0.0, secs)
 
 
 def pt2e_int8(model: nn.Module, calib_x: torch.Tensor, *, compile: bool = True,
@@ -567,6 +625,11 @@ def ort_dynamic_int8(model: nn.Module, example: torch.Tensor) -> Engine:
     return _ort_engine("ort_dynamic", model, example, quantize_fn)
 
 
+# Each int8 engine's own fp32 reference: the same runtime / compiler without the integers.
+FP32_REFERENCE = {"pt2e_x86": "fp32_compiled", "pt2e_eager": "fp32", "torchao_linear": "fp32",
+                  "torchao_linear_compiled": "fp32_compiled", "ort_static": "ort_fp32", "ort_dynamic": "ort_fp32"}
+
+
 def engine_accuracy(fn: Callable, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 256) -> float:
     """Accuracy (%) of `fn` on (x, y), in batches of exactly `batch_size` (the last one padded).
 
@@ -585,12 +648,15 @@ def engine_accuracy(fn: Callable, x: torch.Tensor, y: torch.Tensor, *, batch_siz
 
 
 def compare_engines(engines: dict[str, Callable], baseline: str, x: torch.Tensor, y: torch.Tensor, *,
-                    batch_sizes: Sequence[int] = (1, 256), reps: int = 30, warmup: int = 5) -> dict[str, dict]:
+                    batch_sizes: Sequence[int] = (1, 256), reps: int = 30, warmup: int = 5,
+                    references: dict[str, str] | None = None) -> dict[str, dict]:
     """Accuracy, size and latency of each engine, latency measured interleaved in one process.
 
     engines: name -> Engine (or nn.Module); x (N, ...) test inputs, y (N,) labels.
     Returns name -> {acc, size_bytes, size_ratio, ms_b<B>, latency_ratio_b<B>}; ratios are
-    relative to `engines[baseline]`.
+    relative to `engines[baseline]`. An engine whose fp32 reference (`references`, default
+    FP32_REFERENCE) is among the engines also gets `reference` (its name) and
+    `own_ratio_b<B>`, its latency divided by that reference's.
     """
     from .benchmark import measure_latency
     from .models import model_size_bytes
@@ -609,4 +675,11 @@ def compare_engines(engines: dict[str, Callable], baseline: str, x: torch.Tensor
             rows[name][f"latency_ratio_b{b}"] = ms[name] / ms[baseline]
     for name in engines:
         rows[name]["size_ratio"] = rows[name]["size_bytes"] / rows[baseline]["size_bytes"]
+    references = FP32_REFERENCE if references is None else references
+    for name in engines:
+        ref = references.get(name)
+        if ref in engines and ref != name:
+            rows[name]["reference"] = ref
+            for b in batch_sizes:
+                rows[name][f"own_ratio_b{b}"] = rows[name][f"ms_b{b}"] / rows[ref][f"ms_b{b}"]
     return rows

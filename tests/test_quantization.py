@@ -176,6 +176,27 @@ def test_8bit_fake_quant_model_matches_fp32_and_qat_trains():
     assert kd.evaluate(q2, (data.x_test, data.y_test)) >= before - 5
 
 
+def test_recovered_share_refuses_to_divide_when_ptq_lost_nothing():
+    assert Q.recovered_share(97.0, 87.0, 95.0) == pytest.approx(0.8)
+    assert Q.recovered_share(97.0, 87.0, 85.0) == pytest.approx(-0.2)  # QAT made it worse
+    assert Q.recovered_share(97.0, 97.2, 97.1) is None  # PTQ above fp32: nothing to recover
+    assert Q.recovered_share(97.0, 97.0, 97.5) is None
+    assert Q.recovered_share(97.0, 96.5, 97.0, noise=1.0) is None  # a loss inside the noise
+    assert Q.recovered_share(97.0, 95.0, 96.0, noise=1.0) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="noise"):
+        Q.recovered_share(97.0, 90.0, 95.0, noise=-1)
+
+
+def test_layer_macs_counts_convolutions_and_linear_layers():
+    model = kd.build_model("cnn", (1, 8, 8), width=4, seed=0)  # conv 1->4, pool, conv 4->8, pool, 32->16, 16->10
+    model.train()
+    macs = Q.layer_macs(model, torch.zeros(5, 1, 8, 8))
+    assert macs == {"blocks.0.0": 8 * 8 * 4 * 1 * 9, "blocks.1.0": 4 * 4 * 8 * 4 * 9,
+                    "embed.1": 2 * 2 * 8 * 16, "head": 16 * 10}
+    assert model.training  # mode restored
+    assert not any(m._forward_hooks for m in model.modules())  # hooks removed
+
+
 def test_uncalibrated_activation_quantizer_passes_through():
     fq = Q.FakeQuant(4)
     x = _randn(10)
@@ -219,5 +240,26 @@ def test_compare_engines_reports_every_figure(small_cnn):
                              batch_sizes=(1, 16), reps=2, warmup=1)
     assert rows["fp32"]["latency_ratio_b16"] == 1.0 and rows["fp32"]["size_ratio"] == 1.0
     assert set(rows["ort"]) >= {"acc", "size_ratio", "latency_ratio_b1", "latency_ratio_b16"}
+    assert "own_ratio_b1" not in rows["ort"]  # no ort_fp32 reference among the engines
     with pytest.raises(ValueError, match="baseline"):
         Q.compare_engines({"a": model}, "b", x, y)
+
+
+def test_compare_engines_adds_ratios_to_each_engines_own_fp32_reference(small_cnn):
+    model, x, y = small_cnn
+    engines = {"fp32": model, "ort_fp32": Q.ort_fp32(model, x[:2]), "ort_static": Q.ort_static_int8(model, x)}
+    rows = Q.compare_engines(engines, "fp32", x, y, batch_sizes=(1, 16), reps=2, warmup=1)
+    row = rows["ort_static"]
+    assert row["reference"] == "ort_fp32"
+    for b in (1, 16):
+        assert row[f"own_ratio_b{b}"] == pytest.approx(row[f"ms_b{b}"] / rows["ort_fp32"][f"ms_b{b}"])
+    assert "reference" not in rows["fp32"] and "reference" not in rows["ort_fp32"]
+
+
+def test_engine_compiled_fp32_matches_eager(small_cnn):
+    model, x, y = small_cnn
+    engine = Q.compiled_fp32(model, x, batch_sizes=(16,))
+    assert engine.name == "fp32_compiled" and engine.compile_seconds > 0
+    assert engine.size_bytes == kd.model_size_bytes(model)
+    with torch.inference_mode():
+        torch.testing.assert_close(engine(x[:16]), model(x[:16]), atol=1e-4, rtol=1e-4)
