@@ -111,11 +111,13 @@ def taylor_scores(model: nn.Module, batches: Iterable, loss_fn: Callable | None 
     (w * g)^2 approximates the squared change of the loss when w is set to zero (Molchanov,
     Mallya, Tyree, Frosio, Kautz, "Importance Estimation for Neural Network Pruning", CVPR 2019,
     Eq. 3; LeCun, Denker & Solla's Optimal Brain Damage, NIPS 1989, used the second-order term).
-    batches yield (x, y, ...); loss_fn defaults to cross-entropy. The model is left unchanged.
+    batches yield (x, y, ...); loss_fn defaults to cross-entropy. Scores are computed in eval mode;
+    the model's weights and train/eval mode are left as they were (its .grad fields are zeroed).
     """
     loss_fn = loss_fn or nn.functional.cross_entropy
     layers = prunable_layers(model)
     scores = {n: torch.zeros_like(m.weight) for n, m in layers.items()}
+    was_training = model.training
     model.eval()
     seen = 0
     for batch in batches:
@@ -128,6 +130,7 @@ def taylor_scores(model: nn.Module, batches: Iterable, loss_fn: Callable | None 
             scores[n] += (w * w.grad).detach() ** 2
         seen += 1
     model.zero_grad()
+    model.train(was_training)
     return {n: s / max(seen, 1) for n, s in scores.items()}
 
 

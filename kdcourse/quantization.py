@@ -368,7 +368,7 @@ def recovered_share(fp32_acc: float, ptq_acc: float, qat_acc: float, *, noise: f
     if noise < 0:
         raise ValueError(f"noise must be >= 0, got {noise}")
     lost = fp32_acc - ptq_acc
-    if lost <= noise or lost <= 0:
+    if lost <= noise:  # noise >= 0, so this also covers lost <= 0
         return None
     return (qat_acc - ptq_acc) / lost
 

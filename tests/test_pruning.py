@@ -58,6 +58,7 @@ def test_taylor_scores_and_prune_by_scores():
     m = _cnn()
     x, y = torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,))
     scores = taylor_scores(m, [(x, y)], n_batches=1)
+    assert m.training, "taylor_scores must leave the train/eval mode as it was"
     assert set(scores) == set(prunable_layers(m)) and all(s.shape == l.weight.shape for s, l in zip(scores.values(), prunable_layers(m).values()))
     prune_by_scores(m, scores, 0.5)
     assert sparsity_report(m)["global"]["sparsity"] == pytest.approx(0.5, abs=1e-3)
