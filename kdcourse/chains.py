@@ -9,7 +9,6 @@ Assistant", Mirzadeh et al., AAAI 2020 (TAKD). Every link is one call of
 from __future__ import annotations
 
 import copy
-import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import TensorLoader
+from .stats import mean_std  # re-exported: chains.mean_std predates kdcourse.stats
 from .losses import KD, check_temperature
 from .models import count_params
 from .training import evaluate, fit, predict
@@ -111,17 +111,6 @@ def time_epochs(models: dict[str, nn.Module], x_train: torch.Tensor, y_train: to
                        progress=False)
             times[name].append(hist["seconds"])
     return {name: statistics.median(ts) for name, ts in times.items()}
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """(mean, sample standard deviation) of per-seed figures; the std is 0.0 for one value."""
-    values = [float(v) for v in values]
-    if not values:
-        raise ValueError("mean_std needs at least one value")
-    m = sum(values) / len(values)
-    if len(values) == 1:
-        return m, 0.0
-    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
 
 
 def compare_runs(candidate: Sequence[float], baseline: Sequence[float]) -> dict:

@@ -1,0 +1,46 @@
+"""Small statistics for per-seed results: mean ± std, and paired comparisons of two methods.
+
+Introduced in notebook 01 (mean ± std over seeds) and notebook 02 (paired t comparison). Runs
+of two methods with the same seed share initial weights and batches, so their per-seed
+differences are compared, not their two means.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+__all__ = ["mean_std", "paired_difference"]
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """(mean, sample standard deviation) of per-seed figures; the std is 0.0 for one value."""
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("mean_std needs at least one value")
+    m = sum(values) / len(values)
+    if len(values) == 1:
+        return m, 0.0
+    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], *, level: float = 0.95) -> dict:
+    """Paired t comparison of runs `a` and `b` matched by seed (a[i] and b[i] share seed i).
+
+    d_i = a_i - b_i; returns diff = mean(d), se = sd(d) / sqrt(n), t = the two-sided Student t
+    quantile with n - 1 degrees of freedom, half = t * se (the half-width of the `level`
+    interval), n, and sign = +1 or -1 when the interval excludes 0, else 0.
+    """
+    from scipy.stats import t as student_t
+
+    if len(a) != len(b):
+        raise ValueError(f"paired_difference needs runs matched by seed, got {len(a)} and {len(b)} values")
+    if len(a) < 2:
+        raise ValueError("paired_difference needs at least 2 seeds")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    diff, sd = mean_std([x - y for x, y in zip(a, b)])
+    n = len(a)
+    t = float(student_t.ppf(0.5 + level / 2, n - 1))
+    se = sd / math.sqrt(n)
+    sign = (1 if diff > 0 else -1) if abs(diff) > t * se else 0
+    return dict(diff=diff, se=se, t=t, half=t * se, n=n, sign=sign)
