@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-__all__ = ["mean_std", "paired_difference"]
+__all__ = ["mean_std", "paired_difference", "recovered_share", "compare_runs"]
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -44,3 +44,34 @@ def paired_difference(a: Sequence[float], b: Sequence[float], *, level: float = 
     se = sd / math.sqrt(n)
     sign = (1 if diff > 0 else -1) if abs(diff) > t * se else 0
     return dict(diff=diff, se=se, t=t, half=t * se, n=n, sign=sign)
+
+
+def recovered_share(fp32_acc: float, ptq_acc: float, qat_acc: float, *, noise: float = 0.0) -> float | None:
+    """Share of PTQ's accuracy loss that QAT wins back, (qat - ptq) / (fp32 - ptq).
+
+    None when PTQ lost no more than `noise` points (e.g. two standard errors of the test
+    accuracy): there is then nothing to recover, and the ratio would divide by ~0 or a negative.
+    Introduced in notebook 06.
+    """
+    if noise < 0:
+        raise ValueError(f"noise must be >= 0, got {noise}")
+    lost = fp32_acc - ptq_acc
+    if lost <= noise:  # noise >= 0, so this also covers lost <= 0
+        return None
+    return (qat_acc - ptq_acc) / lost
+
+
+def compare_runs(candidate: Sequence[float], baseline: Sequence[float]) -> dict:
+    """Is `candidate` better than `baseline` by more than the seed-to-seed spread?
+
+    Both are per-seed accuracies (same seeds, same order). Returns ``gain`` (difference of
+    means, points), ``spread`` (the larger of the two sample stds) and ``beats``
+    (``gain > spread``). A rough heuristic kept for notebook 04; prefer `paired_difference`,
+    which uses the pairing of seeds.
+    """
+    if len(candidate) != len(baseline) or len(candidate) < 2:
+        raise ValueError(f"need the same number (>= 2) of seeds on both sides, got "
+                         f"{len(candidate)} and {len(baseline)}")
+    (mc, sc), (mb, sb) = mean_std(candidate), mean_std(baseline)
+    gain, spread = mc - mb, max(sc, sb)
+    return {"gain": gain, "spread": spread, "beats": gain > spread}

@@ -9,6 +9,9 @@ import inspect
 import os
 import random
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from numbers import Real
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +19,7 @@ import torch
 
 __all__ = [
     "seed_everything", "get_device", "set_threads", "show_source",
-    "atomic_write_bytes", "sha256_file", "data_dir",
+    "atomic_write_bytes", "sha256_file", "data_dir", "eval_mode", "as_number",
 ]
 
 
@@ -102,3 +105,42 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+@contextmanager
+def eval_mode(*models) -> Iterator[None]:
+    """Put `models` (nn.Modules; None entries ignored) in eval mode inside the block, then restore.
+
+    Each submodule gets back its own previous ``training`` flag, even after an error, so a helper
+    that evaluates a model never leaves a training run's model switched to eval (or vice versa).
+    """
+    saved = [(m, m.training) for model in models if model is not None for m in model.modules()]
+    try:
+        for model in models:
+            if model is not None:
+                model.eval()
+        yield
+    finally:
+        for m, was_training in saved:
+            m.training = was_training
+
+
+def as_number(value, name: str, *, integer: bool = False):
+    """Return `value` as a Python float (or int with `integer=True`), or raise a clear TypeError.
+
+    Accepts Python numbers, NumPy scalars (``np.int64(8)``) and 0-d / one-element tensors
+    (``torch.tensor(4.)``); rejects bools, strings and tensors with more than one element.
+    """
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise TypeError(f"{name} must be a number, got a tensor of shape {tuple(value.shape)}")
+        value = value.item()
+    elif isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (Real, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    if integer:
+        if float(value) != int(value):
+            raise ValueError(f"{name} must be a whole number, got {value!r}")
+        return int(value)
+    return float(value)
