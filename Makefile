@@ -7,33 +7,45 @@ STAMP  := $(VENV)/.kdcourse-installed
 PIP_OPTS ?=
 JUPYTER_ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: lab test unit notebooks install clean-cache help
+.PHONY: lab test unit notebooks bench install lock clean-cache help
 
 help:
-	@echo "make lab    - set up .venv if needed and open the course in JupyterLab (http://127.0.0.1:8888)"
-	@echo "make test   - set up .venv if needed, run the unit tests and every notebook (fast profile)"
-	@echo "make notebooks - re-execute every notebook in place (fast profile) to refresh committed outputs"
+	@echo "make lab       - set up .venv if needed and open the course in JupyterLab (http://127.0.0.1:8888)"
+	@echo "make test      - set up .venv if needed, run the unit tests and every notebook (fast profile)"
+	@echo "make unit      - unit tests only"
+	@echo "make bench     - time a reference workload, every notebook and the speed benchmarks against their targets"
+	@echo "make notebooks - re-execute every notebook in place (fast profile): refreshes outputs and data/results"
 
 install: $(STAMP)
 
-# Re-runs only when pyproject.toml changes: a second `make lab` / `make test` skips the install.
-$(STAMP): pyproject.toml
+# Re-runs only when pyproject.toml or constraints.txt change: a second `make lab` / `make test` skips it.
+# constraints.txt holds the exact, tested versions; pyproject.toml only compatible ranges.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check $(PIP_OPTS) -e .
+	$(PY) -m pip install --quiet --disable-pip-version-check $(PIP_OPTS) -c constraints.txt -e ".[dev]"
 	$(PY) -c "import kdcourse, torch, torchvision; print('kdcourse', kdcourse.__version__, '| torch', torch.__version__)"
 	touch $@
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --no-browser --ip=127.0.0.1 --port=8888 --notebook-dir=notebooks $(JUPYTER_ROOT_FLAG)
 
+# Notebook figures go to a temporary folder under test (see conftest.py); the checkout stays clean.
 test: $(STAMP)
-	KDCOURSE_PROFILE=fast $(PY) -m pytest tests notebooks --all-notebooks
+	env -u KDCOURSE_RESULTS KDCOURSE_PROFILE=fast $(PY) -m pytest tests notebooks --all-notebooks
 
 unit: $(STAMP)
 	$(PY) -m pytest tests
 
+# The only target that rewrites the committed outputs and data/results/*.json.
 notebooks: $(STAMP)
-	KDCOURSE_PROFILE=fast $(PY) tools/execute_notebooks.py notebooks/*.ipynb
+	env -u KDCOURSE_RESULTS KDCOURSE_PROFILE=fast $(PY) tools/execute_notebooks.py notebooks/*.ipynb
+
+bench: $(STAMP)
+	KDCOURSE_PROFILE=fast $(PY) benchmarks/run.py
+
+# Rewrite constraints.txt from the current .venv (after a deliberate upgrade; then run make test).
+lock: $(STAMP)
+	$(PY) -m pip freeze --exclude-editable --disable-pip-version-check | grep -v '^-e ' > constraints.txt
 
 clean-cache:
 	rm -rf data/cache

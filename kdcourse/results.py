@@ -2,33 +2,60 @@
 
 Introduced in notebook 00. ``record("01_soft_labels", transfer_kd_acc=79.1)`` merges the
 figures into ``data/results/01_soft_labels.json``, a flat JSON object name -> number.
+The folder is ``$KDCOURSE_RESULTS`` when set (``make test`` points it at a temporary folder,
+so a test run never rewrites the committed figures), else ``results/`` in the data folder.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 
 from .utils import atomic_write_bytes, data_dir
 
-__all__ = ["record", "load_results", "results_path"]
+__all__ = ["record", "load_results", "results_path", "results_dir"]
 
 _STEM = re.compile(r"^\d\d_[a-z0-9_]+$")
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def results_dir() -> Path:
+    """The folder of the results files: $KDCOURSE_RESULTS, else ``data_dir() / "results"``."""
+    env = os.environ.get("KDCOURSE_RESULTS")
+    return Path(env) if env else data_dir() / "results"
 
 
 def results_path(notebook: str, results_dir: str | Path | None = None) -> Path:
     """Path of a notebook's results file; `notebook` is its stem, e.g. "00_orientation"."""
     if not _STEM.match(notebook):
         raise ValueError(f"notebook must be a notebook stem like '01_soft_labels', got {notebook!r}")
-    return (Path(results_dir) if results_dir else data_dir() / "results") / f"{notebook}.json"
+    folder = Path(results_dir) if results_dir else _default_dir()
+    return folder / f"{notebook}.json"
+
+
+def _default_dir() -> Path:
+    return results_dir()
 
 
 def load_results(notebook: str, results_dir: str | Path | None = None) -> dict[str, float]:
-    """Return the recorded figures of a notebook ({} if none were recorded yet)."""
+    """Return the recorded figures of a notebook ({} if none were recorded yet).
+
+    A file that is not a JSON object of numbers raises ValueError naming the file (delete it, or
+    re-run the notebook, to rebuild it).
+    """
     path = results_path(notebook, results_dir)
-    return json.loads(path.read_text()) if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        figures = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"results file {path} is corrupt ({err}); delete it or re-run {notebook}.ipynb") from err
+    if not isinstance(figures, dict):
+        raise ValueError(f"results file {path} must hold a JSON object name -> number, "
+                         f"got {type(figures).__name__}; delete it or re-run {notebook}.ipynb")
+    return figures
 
 
 def record(notebook: str, results_dir: str | Path | None = None, **figures: float) -> dict[str, float]:

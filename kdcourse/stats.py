@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-__all__ = ["mean_std", "paired_difference", "recovered_share", "compare_runs"]
+__all__ = ["mean_std", "paired_difference", "describe_difference", "recovered_share", "compare_runs"]
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -44,6 +44,19 @@ def paired_difference(a: Sequence[float], b: Sequence[float], *, level: float = 
     se = sd / math.sqrt(n)
     sign = (1 if diff > 0 else -1) if abs(diff) > t * se else 0
     return dict(diff=diff, se=se, t=t, half=t * se, n=n, sign=sign)
+
+
+def describe_difference(a: Sequence[float], b: Sequence[float], *, unit: str = "pt", level: float = 0.95,
+                        better: str = "a gain", worse: str = "a loss") -> str:
+    """The course's one way of printing a paired comparison, e.g. "+1.9 pt, 95 % CI [+0.4, +3.4]: a gain".
+
+    a, b: per-seed figures matched by seed (see `paired_difference`). The verdict is `better` when
+    the interval lies above 0, `worse` when below, and "no resolved difference" when it contains 0.
+    """
+    r = paired_difference(a, b, level=level)
+    lo, hi = r["diff"] - r["half"], r["diff"] + r["half"]
+    verdict = {1: better, -1: worse, 0: f"no resolved difference with {r['n']} seeds"}[r["sign"]]
+    return f"{r['diff']:+.1f} {unit}, {100 * level:.0f} % CI [{lo:+.1f}, {hi:+.1f}]: {verdict}"
 
 
 def recovered_share(fp32_acc: float, ptq_acc: float, qat_acc: float, *, noise: float = 0.0) -> float | None:

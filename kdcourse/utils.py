@@ -57,12 +57,16 @@ def set_threads(n: int | None = None) -> int:
 
 
 def show_source(obj) -> None:
-    """Display the source code of a function or class in a notebook (plain print elsewhere)."""
+    """Display the source code of a function or class: as Markdown in a notebook, printed elsewhere."""
     src = inspect.getsource(obj)
     try:
+        from IPython import get_ipython
         from IPython.display import Markdown, display
-        display(Markdown(f"```python\n{src}```"))
     except ImportError:  # pragma: no cover - IPython ships with the course environment
+        get_ipython = None
+    if get_ipython is not None and get_ipython() is not None:
+        display(Markdown(f"```python\n{src}```"))
+    else:
         print(src)
 
 

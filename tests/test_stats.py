@@ -1,12 +1,15 @@
 import pytest
 from scipy import stats as sps
 
-from kdcourse.chains import mean_std as chains_mean_std
-from kdcourse.stats import mean_std, paired_difference
+from kdcourse.stats import compare_runs, describe_difference, mean_std, paired_difference, recovered_share
 
 
-def test_chains_reexports_mean_std():  # its behaviour is tested in test_chains.py
-    assert chains_mean_std is mean_std
+def test_mean_std_matches_the_sample_formula():
+    m, s = mean_std([1.0, 2.0, 4.0])
+    assert m == pytest.approx(7 / 3) and s == pytest.approx(((4 / 3) ** 2 + (1 / 3) ** 2 + (5 / 3) ** 2) ** 0.5 / 2 ** 0.5)
+    assert mean_std([5.0]) == (5.0, 0.0)
+    with pytest.raises(ValueError, match="at least one"):
+        mean_std([])
 
 
 def test_paired_difference_matches_scipy_paired_t_test():
@@ -31,3 +34,28 @@ def test_paired_difference_rejects_bad_input():
         paired_difference([1.0], [2.0])
     with pytest.raises(ValueError, match="level"):
         paired_difference([1.0, 2.0], [1.0, 3.0], level=1.5)
+
+
+def test_describe_difference_prints_the_one_rule():
+    a, b = [71.0, 73.5, 70.2, 72.8], [63.4, 63.9, 63.7, 64.1]
+    r = paired_difference(a, b)
+    text = describe_difference(a, b)
+    assert text == f"{r['diff']:+.1f} pt, 95 % CI [{r['diff'] - r['half']:+.1f}, {r['diff'] + r['half']:+.1f}]: a gain"
+    assert describe_difference(b, a).endswith(": a loss")
+    assert describe_difference([1.0, 2.0, 3.0], [1.5, 1.0, 3.5]).endswith("no resolved difference with 3 seeds")
+
+
+def test_recovered_share():
+    assert recovered_share(97.0, 85.0, 94.0) == pytest.approx(0.75)
+    assert recovered_share(97.0, 96.8, 97.0, noise=0.5) is None  # nothing lost beyond noise
+    assert recovered_share(97.0, 98.0, 97.5) is None
+    with pytest.raises(ValueError, match="noise"):
+        recovered_share(97.0, 85.0, 94.0, noise=-1)
+
+
+def test_compare_runs_uses_the_larger_spread():
+    r = compare_runs([70.0, 72.0, 74.0], [69.0, 69.5, 70.0])
+    assert r["gain"] == pytest.approx(2.5) and r["spread"] == pytest.approx(2.0) and r["beats"]
+    assert not compare_runs([70.0, 75.0, 80.0], [70.0, 71.0, 72.0])["beats"]  # gain 4 inside spread 5
+    with pytest.raises(ValueError, match="same number"):
+        compare_runs([1.0, 2.0], [1.0])
