@@ -18,13 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import TensorLoader
-from .stats import mean_std  # re-exported: chains.mean_std predates kdcourse.stats
 from .losses import KD, check_temperature
 from .models import count_params
 from .training import evaluate, fit, predict
 
-__all__ = ["ChainLink", "run_chain", "chain_seconds", "time_epochs", "mean_std", "compare_runs",
-           "target_entropy"]
+__all__ = ["ChainLink", "run_chain", "chain_seconds", "time_epochs", "target_entropy"]
 
 
 @dataclass
@@ -60,7 +58,7 @@ def run_chain(teacher: nn.Module, models: Sequence[nn.Module], x_train: torch.Te
     models = list(models)
     if not models:
         raise ValueError("run_chain needs at least one model to train (the student)")
-    epochs = [epochs] * len(models) if isinstance(epochs, int) else list(epochs)
+    epochs = list(epochs) if isinstance(epochs, (list, tuple)) else [epochs] * len(models)
     names = list(names) if names is not None else [f"link{i + 1}" for i in range(len(models))]
     if len(epochs) != len(models) or len(names) != len(models):
         raise ValueError(f"got {len(models)} models but {len(epochs)} epochs values and "
@@ -113,28 +111,13 @@ def time_epochs(models: dict[str, nn.Module], x_train: torch.Tensor, y_train: to
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def compare_runs(candidate: Sequence[float], baseline: Sequence[float]) -> dict:
-    """Is `candidate` better than `baseline` by more than the seed-to-seed spread?
-
-    Both are per-seed accuracies (same seeds, same order). Returns ``gain`` (difference of
-    means, points), ``spread`` (the larger of the two sample stds) and ``beats``
-    (``gain > spread``): a gain inside the spread is not evidence of an improvement.
-    """
-    if len(candidate) != len(baseline) or len(candidate) < 2:
-        raise ValueError(f"need the same number (>= 2) of seeds on both sides, got "
-                         f"{len(candidate)} and {len(baseline)}")
-    (mc, sc), (mb, sb) = mean_std(candidate), mean_std(baseline)
-    gain, spread = mc - mb, max(sc, sb)
-    return {"gain": gain, "spread": spread, "beats": gain > spread}
-
-
 def target_entropy(logits: torch.Tensor, T: float = 1.0) -> float:
     """Mean entropy (nats) of the soft targets softmax(logits / T); logits (N, C).
 
     H = -(1/N) sum_i sum_c p_ic log p_ic, between 0 (one-hot targets) and log C (uniform).
     A teacher that fits its training set perfectly gives low-entropy, nearly hard targets.
     """
-    check_temperature(T)
+    T = check_temperature(T)
     if logits.dim() != 2 or logits.shape[0] == 0:
         raise ValueError(f"logits must have shape (N, C) with N > 0, got {tuple(logits.shape)}")
     log_p = F.log_softmax(logits.float() / T, dim=-1)

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import io
 import json
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +63,7 @@ class Dataset:
 
     @property
     def n_classes(self) -> int:
+        """Number of classes, e.g. 10."""
         return len(self.classes)
 
     def train_loader(self, batch_size: int = 128, *, seed: int = 0, shuffle: bool = True) -> "TensorLoader":
@@ -172,20 +176,32 @@ def _mnist1d_arrays(n_unlabeled: int, cache_dir: Path) -> dict[str, np.ndarray]:
         except (ValueError, KeyError, OSError):
             pass  # corrupt cache: regenerate below
     from mnist1d.data import get_dataset_args, make_dataset
-    args = get_dataset_args()  # the canonical MNIST-1D: 5,000 samples, seed 42, 80/20 split
-    d = make_dataset(args)
-    arrays = {"x": d["x"], "y": d["y"], "x_test": d["x_test"], "y_test": d["y_test"]}
-    if n_unlabeled:
-        pool_args = get_dataset_args()
-        pool_args.num_samples = n_unlabeled + 10 - n_unlabeled % 10  # whole classes
-        pool_args.seed, pool_args.train_split = 1042, 1.0
-        pool = make_dataset(pool_args)
-        arrays["x_unlabeled"], arrays["y_unlabeled"] = pool["x"][:n_unlabeled], pool["y"][:n_unlabeled]
+    with _global_random_state_kept():  # make_dataset reseeds Python's and NumPy's global RNGs
+        args = get_dataset_args()  # the canonical MNIST-1D: 5,000 samples, seed 42, 80/20 split
+        d = make_dataset(args)
+        arrays = {"x": d["x"], "y": d["y"], "x_test": d["x_test"], "y_test": d["y_test"]}
+        if n_unlabeled:
+            pool_args = get_dataset_args()
+            pool_args.num_samples = n_unlabeled + 10 - n_unlabeled % 10  # whole classes
+            pool_args.seed, pool_args.train_split = 1042, 1.0
+            pool = make_dataset(pool_args)
+            arrays["x_unlabeled"], arrays["y_unlabeled"] = pool["x"][:n_unlabeled], pool["y"][:n_unlabeled]
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())
     atomic_write_bytes(meta, json.dumps({"sha256": sha256_file(path)}).encode())
     return arrays
+
+
+@contextmanager
+def _global_random_state_kept() -> Iterator[None]:
+    """Restore Python's and NumPy's global random states after the block."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
 
 
 def _load_mnist1d(n_unlabeled: int, cache_dir: Path) -> Dataset:
@@ -207,7 +223,8 @@ def load_dataset(name: str, *, n_train: int | None = None, n_unlabeled: int = 0,
         (``x_unlabeled``; their hidden true labels are in ``y_unlabeled`` for oracles).
     seed: fixes the train/test split (MNIST, digits) and the subset.
     Inputs are standardised with the train split's mean and std (a scalar each).
-    Generated MNIST-1D arrays are cached under ``data/cache`` (atomic write, checksum).
+    Generated MNIST-1D arrays are cached under ``data/cache`` (atomic write, checksum);
+    generating them leaves Python's and NumPy's global random states as they were.
     """
     if name not in DATASETS:
         hint = " (torchvision datasets load with load_torchvision)" if name in TORCHVISION_DATASETS else ""

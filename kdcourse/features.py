@@ -14,6 +14,7 @@ from torch import nn
 
 from .hooks import capture
 from .losses import CE
+from .utils import eval_mode
 
 __all__ = ["feature_shapes", "make_regressor", "hint_loss", "FitNets", "attention_map",
            "attention_loss", "AttentionTransfer", "linear_cka", "cka_matrix"]
@@ -40,13 +41,11 @@ def feature_shapes(model: nn.Module, layers: Sequence[str], example: torch.Tenso
     """Shapes (without the batch dim) of the named layers' outputs on one example batch.
 
     example: (B, *in_shape), only its first two rows are used; returns name -> shape tuple.
-    The model's train/eval state is restored. Introduced in notebook 02.
+    The model runs in eval mode; its train/eval mode (of every submodule) is restored.
+    Introduced in notebook 02.
     """
-    was_training = model.training
-    model.eval()
-    with capture(model, layers) as feats:
+    with eval_mode(model), capture(model, layers) as feats:
         model(example[:2])
-    model.train(was_training)
     return {name: tuple(f.shape[1:]) for name, f in feats.items()}
 
 
@@ -196,14 +195,12 @@ def cka_matrix(model_a: nn.Module, model_b: nn.Module, x: torch.Tensor, layers_a
     """Linear CKA between every layer of `layers_a` (rows) and of `layers_b` (columns) on inputs x.
 
     x: (n, *in_shape). Returns a (len(layers_a), len(layers_b)) tensor. Both models run in
-    eval mode (their train/eval state is restored afterwards). Introduced in notebook 02.
+    eval mode (the train/eval mode of each submodule is restored afterwards). Introduced in
+    notebook 02.
     """
     outs = []
     for model, layers in ((model_a, layers_a), (model_b, layers_b)):
-        was_training = model.training
-        model.eval()
-        with capture(model, layers) as feats:
+        with eval_mode(model), capture(model, layers) as feats:
             model(x)
-        model.train(was_training)
         outs.append([feats[n] for n in layers])
     return torch.tensor([[float(linear_cka(a, b)) for b in outs[1]] for a in outs[0]])

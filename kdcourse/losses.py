@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .utils import as_number
+
 __all__ = ["Features", "CE", "KD", "kd_loss", "soft_kl", "soft_cross_entropy", "softmax_with_temperature",
            "temperature_schedule", "class_bias_for_share", "check_logits", "check_temperature"]
 
@@ -29,10 +31,23 @@ class Features(NamedTuple):
     teacher: dict
 
 
-def check_temperature(T: float) -> None:
-    """Raise ValueError unless T is a finite number > 0."""
-    if not (isinstance(T, (int, float)) and T > 0 and T != float("inf")):
+def check_temperature(T: float) -> float:
+    """Return T as a float; TypeError unless a number, ValueError unless finite and > 0.
+
+    Python numbers, NumPy scalars and one-element tensors are accepted; bools and strings are not.
+    """
+    value = as_number(T, "temperature T")
+    if not (0 < value < float("inf")):
         raise ValueError(f"temperature T must be a finite number > 0, got {T!r}")
+    return value
+
+
+def _check_alpha(alpha: float) -> float:
+    """Return alpha as a float; TypeError unless a number, ValueError unless 0 <= alpha <= 1."""
+    value = as_number(alpha, "alpha")
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1] (weight of the hard-label loss), got {alpha!r}")
+    return value
 
 
 def check_logits(student: torch.Tensor, teacher: torch.Tensor) -> None:
@@ -54,9 +69,11 @@ def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float
 
     Shapes: (B, C) or (B, L, C) (token level: averaged over the B*L positions).
     Equals ``F.kl_div(log_softmax(s/T), softmax(t/T), reduction="batchmean")`` for (B, C).
+    The teacher logits are a fixed target (detached): no gradient reaches them.
     """
-    check_temperature(T)
+    T = check_temperature(T)
     check_logits(student_logits, teacher_logits)
+    teacher_logits = teacher_logits.detach()
     c = student_logits.shape[-1]
     log_p_s = F.log_softmax(student_logits.reshape(-1, c) / T, dim=-1)
     log_p_t = F.log_softmax(teacher_logits.reshape(-1, c) / T, dim=-1)
@@ -71,11 +88,12 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
 
     Shapes: logits (B, C) with targets (B,), or (B, L, C) with targets (B, L). Targets equal
     to -100 are ignored (unlabeled examples). KL uses "batchmean"; T^2 keeps the soft
-    gradients on the scale of the hard ones as T grows. Paper: "Distilling the Knowledge in
-    a Neural Network", Hinton, Vinyals & Dean, 2015.
+    gradients on the scale of the hard ones as T grows. The teacher logits are a fixed target
+    (detached), as in every loss of the course. Paper: "Distilling the Knowledge in a Neural
+    Network", Hinton, Vinyals & Dean, 2015.
     """
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1] (weight of the hard-label loss), got {alpha}")
+    alpha, T = _check_alpha(alpha), check_temperature(T)
+    teacher_logits = teacher_logits.detach()
     soft = soft_kl(student_logits, teacher_logits, T) * T * T
     if alpha == 0.0:
         return soft
@@ -105,11 +123,15 @@ class CE(nn.Module):
 
 
 class KD(nn.Module):
-    """Hinton KD as a loss for `fit`; see `kd_loss`. ``T`` may be changed between epochs."""
+    """Hinton KD as a loss for `fit`; see `kd_loss`. ``T`` may be changed between epochs.
+
+    A bad ``T`` or ``alpha`` raises at construction (and at each call, after a change).
+    """
 
     def __init__(self, T: float = 4.0, alpha: float = 0.5):
         super().__init__()
         check_temperature(T)
+        _check_alpha(alpha)
         self.T, self.alpha = T, alpha
 
     def forward(self, student_out, teacher_out, targets=None, features=None):
@@ -135,12 +157,12 @@ def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tenso
     """Cross-entropy with soft targets, -mean_b sum_c p_t^T log p_s^T (the form Hinton 2015 writes).
 
     It equals `soft_kl` plus the teacher's entropy, a constant for the student, so both give
-    the same gradients to the student. Shapes as in `soft_kl`.
+    the same gradients to the student. Shapes as in `soft_kl`; the teacher side is detached.
     """
-    check_temperature(T)
+    T = check_temperature(T)
     check_logits(student_logits, teacher_logits)
     c = student_logits.shape[-1]
-    p_t = torch.softmax(teacher_logits.reshape(-1, c) / T, dim=-1)
+    p_t = torch.softmax(teacher_logits.detach().reshape(-1, c) / T, dim=-1)
     return -(p_t * F.log_softmax(student_logits.reshape(-1, c) / T, dim=-1)).sum(-1).mean()
 
 
@@ -151,8 +173,8 @@ def temperature_schedule(kind: str, *, T0: float, epochs: int, T_end: float = 1.
     step: T0 halved at each third of training, never below T_end. Use it with
     ``fit(..., on_epoch=lambda e: setattr(loss, "T", schedule(e)))``.
     """
-    check_temperature(T0)
-    check_temperature(T_end)
+    T0, T_end = check_temperature(T0), check_temperature(T_end)
+    epochs = as_number(epochs, "epochs", integer=True)
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if kind == "constant":
@@ -170,13 +192,15 @@ def class_bias_for_share(logits: torch.Tensor, cls: int, share: float, *, lo: fl
 
     logits: (N, C) of a model on *unlabeled* inputs (no labels are used). Bisection on d:
     the predicted share grows monotonically with d. Used for Hinton's omitted-class
-    experiment, where the student never saw class `cls` and its bias is too low.
+    experiment, where the student never saw class `cls` and its bias is too low. Works on
+    the logits' own device and dtype.
     """
+    share, cls = as_number(share, "share"), as_number(cls, "cls", integer=True)
     if not 0.0 < share < 1.0:
         raise ValueError(f"share must be in (0, 1), got {share}")
     if logits.dim() != 2 or not 0 <= cls < logits.shape[1]:
         raise ValueError(f"need logits (N, C) and 0 <= cls < C, got {tuple(logits.shape)} and cls={cls}")
-    onehot = F.one_hot(torch.tensor(cls), logits.shape[1]).to(logits.dtype)
+    onehot = F.one_hot(torch.tensor(cls, device=logits.device), logits.shape[1]).to(logits.dtype)
     for _ in range(steps):
         mid = (lo + hi) / 2
         pred_share = ((logits + mid * onehot).argmax(1) == cls).float().mean().item()

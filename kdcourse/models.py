@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .utils import as_number
+
 __all__ = ["ConvNet", "MLP", "build_model", "preset", "count_params", "model_size_bytes",
            "check_input", "ARCHS", "ROLES"]
 
@@ -91,14 +93,25 @@ def build_model(arch: str, in_shape: Sequence[int], *, width: int = 32, depth: i
 
     cnn: `depth` conv blocks of widths (width, 2*width, 2*width, ...), embed 4*width.
     mlp: `depth` hidden layers of `width` units. `seed` fixes the initial weights, so two
-    calls with the same seed give identical models (fair comparisons start there).
+    calls with the same seed give identical models (fair comparisons start there); the
+    weights are drawn from a generator seeded for this call only (``torch.random.fork_rng``),
+    so the caller's global random state is left untouched. Without a seed the weights come
+    from the global generator, as for any ``nn.Module``.
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {ARCHS}")
+    width, depth = as_number(width, "width", integer=True), as_number(depth, "depth", integer=True)
     if width < 1 or depth < 1:
         raise ValueError(f"width and depth must be >= 1, got width={width}, depth={depth}")
-    if seed is not None:
-        torch.manual_seed(seed)
+    if seed is None:
+        return _build(arch, in_shape, width, depth, n_classes)
+    seed = as_number(seed, "seed", integer=True)
+    with torch.random.fork_rng(devices=[]):   # models are built on the CPU
+        torch.random.default_generator.manual_seed(seed)   # = torch.manual_seed(seed) for the CPU
+        return _build(arch, in_shape, width, depth, n_classes)
+
+
+def _build(arch: str, in_shape: Sequence[int], width: int, depth: int, n_classes: int) -> nn.Module:
     if arch == "cnn":
         widths = [width * (2 if i else 1) for i in range(depth)]
         return ConvNet(in_shape, widths=widths, embed_dim=4 * width, n_classes=n_classes)

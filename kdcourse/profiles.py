@@ -9,7 +9,7 @@ in its parameter cell.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 __all__ = ["Profile", "PROFILES", "get_profile"]
 
@@ -34,9 +34,6 @@ class Profile:
     def pick(self, *, fast, full):
         """Return `fast` in the fast profile and `full` in the full one."""
         return fast if self.name == "fast" else full
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 PROFILES = {

@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from .models import ConvNet
+from .utils import as_number, eval_mode
 
 __all__ = ["prunable_layers", "check_amount", "sparsity_report", "global_magnitude_prune",
            "layerwise_magnitude_prune", "prune_by_scores", "taylor_scores", "make_permanent",
@@ -23,10 +24,16 @@ __all__ = ["prunable_layers", "check_amount", "sparsity_report", "global_magnitu
 _PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
 
-def check_amount(amount: float, what: str = "amount") -> None:
-    """Raise ValueError unless 0 <= amount < 1 (the fraction of weights to remove)."""
-    if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not 0.0 <= amount < 1.0:
+def check_amount(amount: float, what: str = "amount") -> float:
+    """Return `amount` as a float; ValueError unless 0 <= amount < 1 (the fraction to remove).
+
+    Python numbers, NumPy scalars and one-element tensors are accepted; bools, strings and other
+    non-numbers raise TypeError.
+    """
+    value = as_number(amount, what)
+    if not 0.0 <= value < 1.0:
         raise ValueError(f"{what} must be a fraction in [0, 1), got {amount!r}")
+    return value
 
 
 def prunable_layers(model: nn.Module, names: Iterable[str] | None = None) -> dict[str, nn.Module]:
@@ -61,13 +68,24 @@ def sparsity_report(model: nn.Module) -> dict[str, dict]:
 def prune_by_scores(model: nn.Module, scores: dict[str, torch.Tensor], amount: float) -> nn.Module:
     """Globally mask the `amount` fraction of weights with the lowest scores (in place).
 
-    scores: layer name -> tensor shaped like that layer's weight. Exactly round(amount * N)
-    weights are masked (ties broken by position), via ``prune.custom_from_mask``. Layers
-    pruned before keep their old mask combined with the new one.
+    scores: layer name -> tensor shaped like that layer's weight (any device). Exactly
+    round(amount * N) weights are masked via ``prune.custom_from_mask``, the masks on each
+    weight's device. Layers pruned before keep their old mask combined with the new one.
+    An unknown layer name raises KeyError; an empty dict, a score tensor whose shape differs
+    from its weight's, or NaN scores raise ValueError naming the layer.
     """
-    check_amount(amount)
+    amount = check_amount(amount)
+    if not scores:
+        raise ValueError("prune_by_scores needs scores for at least one layer")
     layers = prunable_layers(model, scores)
-    flat = torch.cat([scores[n].detach().flatten().float() for n in layers])
+    for name, m in layers.items():
+        if tuple(scores[name].shape) != tuple(m.weight.shape):
+            raise ValueError(f"scores for layer {name!r} have shape {tuple(scores[name].shape)} but its "
+                             f"weight has shape {tuple(m.weight.shape)}")
+        if torch.isnan(scores[name]).any():
+            raise ValueError(f"scores for layer {name!r} contain NaN")
+    device = next(iter(layers.values())).weight.device
+    flat = torch.cat([scores[n].detach().to(device).flatten().float() for n in layers])
     k = round(amount * flat.numel())
     keep = torch.ones_like(flat, dtype=torch.bool)
     if k:
@@ -75,7 +93,7 @@ def prune_by_scores(model: nn.Module, scores: dict[str, torch.Tensor], amount: f
     start = 0
     for name, m in layers.items():
         n = m.weight.numel()
-        prune.custom_from_mask(m, "weight", keep[start:start + n].view_as(m.weight))
+        prune.custom_from_mask(m, "weight", keep[start:start + n].view_as(m.weight).to(m.weight.device))
         start += n
     return model
 
@@ -98,8 +116,7 @@ def layerwise_magnitude_prune(model: nn.Module, amount: float | dict[str, float]
     """
     amounts = amount if isinstance(amount, dict) else {n: amount for n in prunable_layers(model)}
     for name, m in prunable_layers(model, amounts).items():
-        check_amount(amounts[name], f"amount for {name}")
-        prune.l1_unstructured(m, "weight", amount=float(amounts[name]))
+        prune.l1_unstructured(m, "weight", amount=check_amount(amounts[name], f"amount for {name}"))
     return model
 
 
@@ -111,26 +128,30 @@ def taylor_scores(model: nn.Module, batches: Iterable, loss_fn: Callable | None 
     (w * g)^2 approximates the squared change of the loss when w is set to zero (Molchanov,
     Mallya, Tyree, Frosio, Kautz, "Importance Estimation for Neural Network Pruning", CVPR 2019,
     Eq. 3; LeCun, Denker & Solla's Optimal Brain Damage, NIPS 1989, used the second-order term).
-    batches yield (x, y, ...); loss_fn defaults to cross-entropy. Scores are computed in eval mode;
-    the model's weights and train/eval mode are left as they were (its .grad fields are zeroed).
+    batches yield (x, y, ...), moved to the model's device; loss_fn defaults to cross-entropy.
+    Scores are computed in eval mode and have each weight's device and dtype; the model's weights
+    and train/eval mode are left as they were (its .grad fields are cleared to None).
     """
     loss_fn = loss_fn or nn.functional.cross_entropy
     layers = prunable_layers(model)
+    weights = {n: m.weight_orig if hasattr(m, "weight_orig") else m.weight for n, m in layers.items()}
+    frozen = [n for n, w in weights.items() if not w.requires_grad]
+    if frozen:
+        raise ValueError(f"taylor_scores needs gradients, but the weights of {frozen} have requires_grad=False "
+                         "(e.g. a frozen teacher); call model.requires_grad_(True) on a copy first")
     scores = {n: torch.zeros_like(m.weight) for n, m in layers.items()}
-    was_training = model.training
-    model.eval()
+    device = next(iter(weights.values())).device if weights else torch.device("cpu")
     seen = 0
-    for batch in batches:
-        if seen == n_batches:
-            break
+    with eval_mode(model), torch.enable_grad():
+        for batch in batches:
+            if seen == n_batches:
+                break
+            model.zero_grad()
+            loss_fn(model(batch[0].to(device)), batch[1].to(device)).backward()
+            for n, w in weights.items():
+                scores[n] += (w * w.grad).detach() ** 2
+            seen += 1
         model.zero_grad()
-        loss_fn(model(batch[0]), batch[1]).backward()
-        for n, m in layers.items():
-            w = m.weight_orig if hasattr(m, "weight_orig") else m.weight
-            scores[n] += (w * w.grad).detach() ** 2
-        seen += 1
-    model.zero_grad()
-    model.train(was_training)
     return {n: s / max(seen, 1) for n, s in scores.items()}
 
 
@@ -150,13 +171,18 @@ def sensitivity_scan(model: nn.Module, evaluate: Callable[[nn.Module], float], s
                      names: Sequence[str] | None = None) -> dict[str, list[float]]:
     """Prune one layer at a time (magnitude, on a copy) and evaluate: name -> [metric per sparsity].
 
-    Layers whose metric falls fast are sensitive and should be pruned less.
+    For each layer and each sparsity s, a copy of `model` in eval mode gets the fraction s of
+    that layer's smallest-|w| weights masked and is scored with ``evaluate(copy)``. `model`
+    itself is left untouched (weights, masks and train/eval mode). Layers whose metric falls
+    fast are sensitive and should be pruned less.
     """
-    for s in sparsities:
-        check_amount(s, "sparsity")
+    sparsities = [check_amount(s, "sparsity") for s in sparsities]
+    layers = list(prunable_layers(model, names))
     result = {}
-    for name in prunable_layers(model, names):
-        result[name] = [evaluate(layerwise_magnitude_prune(copy.deepcopy(model), {name: s})) for s in sparsities]
+    with eval_mode(model):   # the copies start in eval mode
+        for name in layers:
+            result[name] = [evaluate(layerwise_magnitude_prune(copy.deepcopy(model), {name: s}))
+                            for s in sparsities]
     return result
 
 
@@ -182,35 +208,67 @@ def l1_prune_conv_block(model: ConvNet, block: int, amount: float) -> ConvNet:
     else:  # the flattened map feeds embed's Linear: keep the columns of the surviving channels
         lin = new.embed[1]
         per_channel = lin.in_features // conv.out_channels
-        cols = (keep[:, None] * per_channel + torch.arange(per_channel)).flatten()
+        cols = (keep[:, None] * per_channel + torch.arange(per_channel, device=keep.device)).flatten()
         new.embed[1] = _sub_linear(lin, cols)
     return new
 
 
 def _sub_conv(conv, out_idx=None, in_idx=None):
+    """Copy of a conv layer keeping the output channels `out_idx` and input channels `in_idx`.
+
+    Stride, padding, dilation, padding_mode, bias, device, dtype, requires_grad and train/eval
+    mode are kept. Grouped convolutions (groups > 1) cannot lose channels here.
+    """
+    if conv.groups != 1 and (out_idx is not None or in_idx is not None):
+        raise ValueError(f"cannot remove channels of a grouped convolution (groups={conv.groups}); "
+                         "use structured_prune, whose dependency graph handles groups")
     w = conv.weight.detach()
     w = w[out_idx] if out_idx is not None else w
     w = w[:, in_idx] if in_idx is not None else w
-    new = type(conv)(w.shape[1], w.shape[0], conv.kernel_size, stride=conv.stride, padding=conv.padding,
-                     bias=conv.bias is not None)
-    new.weight.data.copy_(w)
-    if conv.bias is not None:
-        new.bias.data.copy_(conv.bias.detach()[out_idx] if out_idx is not None else conv.bias.detach())
-    return new
+    new = type(conv)(w.shape[1] * conv.groups, w.shape[0], conv.kernel_size, stride=conv.stride,
+                     padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
+                     bias=conv.bias is not None, padding_mode=conv.padding_mode,
+                     device=w.device, dtype=w.dtype)
+    with torch.no_grad():
+        new.weight.copy_(w)
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias[out_idx] if out_idx is not None else conv.bias)
+    return _like(new, conv)
 
 
 def _sub_bn(bn, idx):
-    new = type(bn)(len(idx))
-    for name in ("weight", "bias", "running_mean", "running_var"):
-        getattr(new, name).data.copy_(getattr(bn, name).detach()[idx])
-    return new
+    """Copy of a BatchNorm layer keeping the channels `idx`, with its eps, momentum, affine,
+    track_running_stats, statistics, device, dtype and train/eval mode."""
+    ref = bn.weight if bn.affine else bn.running_mean
+    new = type(bn)(len(idx), eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
+                   track_running_stats=bn.track_running_stats,
+                   device=None if ref is None else ref.device, dtype=None if ref is None else ref.dtype)
+    names = (("weight", "bias") if bn.affine else ()) + \
+        (("running_mean", "running_var") if bn.track_running_stats else ())
+    with torch.no_grad():
+        for name in names:
+            getattr(new, name).copy_(getattr(bn, name)[idx])
+        if bn.track_running_stats:
+            new.num_batches_tracked.copy_(bn.num_batches_tracked)
+    return _like(new, bn)
 
 
 def _sub_linear(lin, in_idx):
-    new = nn.Linear(len(in_idx), lin.out_features)
-    new.weight.data.copy_(lin.weight.detach()[:, in_idx])
-    new.bias.data.copy_(lin.bias.detach())
-    return new
+    """Copy of a Linear layer keeping the input features `in_idx` (device, dtype, bias kept)."""
+    new = nn.Linear(len(in_idx), lin.out_features, bias=lin.bias is not None,
+                    device=lin.weight.device, dtype=lin.weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(lin.weight[:, in_idx])
+        if lin.bias is not None:
+            new.bias.copy_(lin.bias)
+    return _like(new, lin)
+
+
+def _like(new: nn.Module, old: nn.Module) -> nn.Module:
+    """Give `new` the train/eval mode and the parameters' requires_grad flags of `old`."""
+    for (_, p_new), (_, p_old) in zip(new.named_parameters(), old.named_parameters()):
+        p_new.requires_grad_(p_old.requires_grad)
+    return new.train(old.training)
 
 
 def structured_prune(model: nn.Module, example_inputs: torch.Tensor, ratio: float, *,
@@ -220,7 +278,8 @@ def structured_prune(model: nn.Module, example_inputs: torch.Tensor, ratio: floa
     torch-pruning builds a dependency graph (Fang et al., "DepGraph: Towards Any Structural
     Pruning", CVPR 2023) so that coupled layers (conv -> BN -> next conv, flatten -> Linear,
     residual additions) lose the same channels. Layers named in `ignored` (the classifier)
-    keep their outputs. importance: "l1" or "l2" filter norm.
+    keep their outputs. importance: "l1" or "l2" filter norm. `model` is not changed; the
+    pruned copy comes back in eval mode with every parameter trainable (requires_grad=True).
     """
     import torch_pruning as tp
     check_amount(ratio, "ratio")

@@ -10,7 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .features import _feature
+from .hooks import capture
 from .losses import CE
+from .utils import eval_mode
 
 __all__ = ["pairwise_distances", "rkd_distance_loss", "rkd_angle_loss", "sp_loss", "pkt_loss",
            "Relational", "recall_at_1", "embed"]
@@ -108,6 +111,8 @@ class Relational(nn.Module):
 
     L = base(...) + w_dist * RKD-D + w_angle * RKD-A + w_sp * SP + w_pkt * PKT, each on
     (features.student[student_layer], features.teacher[teacher_layer]). Weights of 0 skip a term.
+    A layer that was not captured raises KeyError naming it: pass the same names to
+    ``fit(student_layers=[...], teacher_layers=[...])``. Introduced in notebook 03.
     """
 
     def __init__(self, *, student_layer: str = "embed", teacher_layer: str = "embed", w_dist: float = 0.0,
@@ -121,7 +126,8 @@ class Relational(nn.Module):
         self.max_anchors = max_anchors
 
     def forward(self, student_out, teacher_out, targets, features):
-        s, t = features.student[self.student_layer], features.teacher[self.teacher_layer]
+        s = _feature(features.student, self.student_layer, "student", "Relational")
+        t = _feature(features.teacher, self.teacher_layer, "teacher", "Relational")
         terms = {"dist": lambda: rkd_distance_loss(s, t), "sp": lambda: sp_loss(s, t), "pkt": lambda: pkt_loss(s, t),
                  "angle": lambda: rkd_angle_loss(s, t, max_anchors=self.max_anchors)}
         loss = sum(w * terms[k]() for k, w in self.w.items() if w)
@@ -130,14 +136,21 @@ class Relational(nn.Module):
 
 @torch.no_grad()
 def embed(model: nn.Module, x: torch.Tensor, layer: str = "embed", batch_size: int = 1000) -> torch.Tensor:
-    """Outputs of `layer` for inputs x, flattened to (N, D), model in eval mode."""
-    from .hooks import capture
-    model.eval()
+    """Outputs of `layer` for inputs x (N, ...), flattened to (N, D), on the CPU.
+
+    Runs `model` in eval mode without gradients, `batch_size` rows at a time; the model's
+    train/eval mode is restored afterwards. Introduced in notebook 03.
+    """
+    if len(x) == 0:
+        raise ValueError("embed needs at least one input row")
+    param = next(model.parameters(), None)
+    device = x.device if param is None else param.device
     outs = []
-    for i in range(0, len(x), batch_size):
-        with capture(model, [layer]) as f:
-            model(x[i:i + batch_size])
-        outs.append(f[layer].flatten(1).cpu())
+    with eval_mode(model):
+        for i in range(0, len(x), batch_size):
+            with capture(model, [layer]) as f:
+                model(x[i:i + batch_size].to(device))
+            outs.append(f[layer].flatten(1).cpu())
     return torch.cat(outs)
 
 

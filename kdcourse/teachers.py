@@ -78,9 +78,12 @@ def get_teacher(dataset: str, *, arch: str | None = None, width: int | None = No
     """Return a trained teacher for `dataset`, training and caching it on the first call.
 
     Sizes default to ``preset("teacher", dataset)`` and the profile's ``teacher_epochs``.
-    The model comes back in eval mode with ``model.cache_info``: a dict with ``loaded``
-    (bool), ``path``, ``test_acc`` (%), ``train_seconds`` and ``seconds`` (this call).
-    A second call with the same arguments loads the checkpoint (well under a second).
+    The model comes back frozen: in eval mode and with ``requires_grad=False`` on every
+    parameter, because a teacher is a fixed target during distillation (no optimizer step or
+    stray gradient may change it, and no autograd graph is kept for it). To fine-tune a copy,
+    call ``copy.deepcopy(teacher).requires_grad_(True)``. It carries ``model.cache_info``: a
+    dict with ``loaded`` (bool), ``path``, ``test_acc`` (%), ``train_seconds`` and ``seconds``
+    (this call). A second call with the same arguments loads the checkpoint instead of training.
     """
     t0 = time.perf_counter()
     config = teacher_config(dataset, arch=arch, width=width, depth=depth, epochs=epochs, seed=seed,
@@ -104,6 +107,7 @@ def get_teacher(dataset: str, *, arch: str | None = None, width: int | None = No
         meta["sha256"] = sha256_file(ckpt)
         atomic_write_bytes(meta_path, json.dumps(meta, indent=1).encode())
     model.to(get_device(device)).eval()
+    model.zero_grad(set_to_none=True)   # no stale gradients from its own training
     for p in model.parameters():
         p.requires_grad_(False)
     model.cache_info = {"loaded": loaded, "path": str(ckpt), "test_acc": meta["test_acc"],

@@ -8,14 +8,15 @@ attention transfer, RKD, chains, recovery after pruning and KD during QAT are al
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
 
 from .hooks import capture
 from .losses import CE, Features
-from .utils import get_device
+from .utils import as_number, eval_mode, get_device
 
 __all__ = ["fit", "evaluate", "predict", "History"]
 
@@ -39,17 +40,20 @@ def _to(batch: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tenso
 def predict(model: nn.Module, data, *, device=None, batch_size: int = 1000) -> torch.Tensor:
     """Return the model's outputs (B, C) on CPU for a tensor (B, ...) or an iterable of batches.
 
-    The model is put in eval mode; gradients are off.
+    The model runs in eval mode with gradients off; its train/eval mode is restored afterwards.
     """
     device = get_device(device) if device is not None else next(model.parameters()).device
-    model.eval()
     batches = (data[i:i + batch_size] for i in range(0, len(data), batch_size)) \
         if isinstance(data, torch.Tensor) else (b[0] for b in data)
-    return torch.cat([model(x.to(device)).float().cpu() for x in batches])
+    with eval_mode(model):
+        return torch.cat([model(x.to(device)).float().cpu() for x in batches])
 
 
 def evaluate(model: nn.Module, data, *, device=None) -> float:
-    """Accuracy in % of `model` on ``data``: a tuple (x, y) of tensors or an iterable of (x, y, ...)."""
+    """Accuracy in % of `model` on ``data``: a tuple (x, y) of tensors or an iterable of (x, y, ...).
+
+    The model runs in eval mode (as in `predict`); its train/eval mode is restored afterwards.
+    """
     if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor):
         x, y = data
         logits = predict(model, x, device=device)
@@ -81,7 +85,14 @@ def fit(model: nn.Module, train: Iterable, *, epochs: int, teacher: nn.Module | 
     optimizer: default Adam(lr, weight_decay) over the model's and the loss's parameters.
     test: evaluated after each epoch (accuracy in %) when given.
     on_epoch: called as ``on_epoch(epoch)`` before each epoch (e.g. a temperature schedule).
+    seed: seeds torch's random generator for this run only (``torch.random.fork_rng``): the
+        caller's global random state is the same after `fit` as before.
+    progress: show a tqdm bar (epochs, loss, test accuracy).
+
+    The trained model is left in eval mode, ready for `predict` / `evaluate`; the teacher's
+    train/eval mode is restored.
     """
+    epochs, seed = as_number(epochs, "epochs", integer=True), as_number(seed, "seed", integer=True)
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
     device = get_device(device)
@@ -92,14 +103,42 @@ def fit(model: nn.Module, train: Iterable, *, epochs: int, teacher: nn.Module | 
         loss_fn.to(device)
         params += list(loss_fn.parameters())
     if teacher is not None:
-        teacher.to(device).eval()
+        teacher.to(device)
     elif teacher_layers:
         raise ValueError("teacher_layers were given but no teacher")
     if optimizer is None:
         optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    torch.manual_seed(seed)
+    with _seeded(seed, device), eval_mode(teacher):
+        hist = _train(model, train, epochs=epochs, teacher=teacher, loss_fn=loss_fn, optimizer=optimizer,
+                      layers=(student_layers, teacher_layers), test=test, device=device,
+                      progress=progress, on_epoch=on_epoch, desc=desc)
+    model.eval()
+    return hist
+
+
+@contextmanager
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed torch's RNG of the CPU (and of `device` if CUDA) inside the block, restoring the caller's after.
+
+    torch.random.fork_rng saves and restores the generators, so `fit` never changes the global
+    random state; the seeded values are those of ``torch.manual_seed(seed)``.
+    """
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.random.default_generator.manual_seed(seed)
+        for index in cuda:
+            torch.cuda.default_generators[index].manual_seed(seed)
+        yield
+
+
+def _train(model, train, *, epochs, teacher, loss_fn, optimizer, layers, test, device, progress,
+           on_epoch, desc) -> History:
+    """The epoch loop of `fit` (RNG already seeded, teacher already in eval mode)."""
+    from tqdm.auto import tqdm
+
     hist = History(loss=[], test_acc=[], epoch_seconds=[], seconds=0.0)
-    bar = _progress(range(epochs), desc, progress)
+    bar = tqdm(range(epochs), desc=desc, leave=False, disable=not progress)
     for epoch in bar:
         if on_epoch is not None:
             on_epoch(epoch)
@@ -108,7 +147,7 @@ def fit(model: nn.Module, train: Iterable, *, epochs: int, teacher: nn.Module | 
         if isinstance(loss_fn, nn.Module):
             loss_fn.train()
         for batch in train:
-            loss = _step(model, teacher, loss_fn, _to(batch, device), student_layers, teacher_layers)
+            loss = _step(model, teacher, loss_fn, _to(batch, device), *layers)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -119,11 +158,9 @@ def fit(model: nn.Module, train: Iterable, *, epochs: int, teacher: nn.Module | 
         if test is not None:
             hist["test_acc"].append(evaluate(model, test, device=device))
         hist["epoch_seconds"].append(time.perf_counter() - t0)
-        if progress:
-            bar.set_postfix(loss=f"{hist['loss'][-1]:.3f}",
-                            **({"test_acc": f"{hist['test_acc'][-1]:.1f}"} if hist["test_acc"] else {}))
+        bar.set_postfix(loss=f"{hist['loss'][-1]:.3f}",
+                        **({"test_acc": f"{hist['test_acc'][-1]:.1f}"} if hist["test_acc"] else {}))
     hist["seconds"] = sum(hist["epoch_seconds"])
-    model.eval()
     return hist
 
 
@@ -142,23 +179,3 @@ def _step(model, teacher, loss_fn, batch, student_layers, teacher_layers) -> tor
     if not torch.isfinite(loss):
         raise FloatingPointError(f"training loss became {loss.item()}; lower the learning rate")
     return loss
-
-
-def _progress(it, desc: str, enabled: bool):
-    if not enabled:
-        return _Quiet(it)
-    from tqdm.auto import tqdm
-    return tqdm(it, desc=desc, leave=False)
-
-
-class _Quiet:
-    """Stand-in for a tqdm bar when progress is silenced."""
-
-    def __init__(self, it):
-        self.it = it
-
-    def __iter__(self):
-        return iter(self.it)
-
-    def set_postfix(self, **_):
-        pass

@@ -1,12 +1,13 @@
-"""Tests for kdcourse.chains (notebook 04): chains of distillation, spread-aware comparisons."""
+"""Tests for kdcourse.chains (notebook 04): chains of distillation, their cost, target entropy."""
 import math
 
 import pytest
 import torch
 
 import kdcourse as kd
-from kdcourse.chains import (ChainLink, chain_seconds, compare_runs, mean_std, run_chain, target_entropy,
-                             time_epochs)
+from kdcourse import chains
+from kdcourse.chains import ChainLink, chain_seconds, run_chain, target_entropy, time_epochs
+from kdcourse.training import History
 
 
 def _toy(n=96, seed=0):
@@ -76,24 +77,6 @@ def test_run_chain_rejects_bad_input():
         run_chain(teacher, [_mlp()], x, y[:-1], test=(x, y), epochs=1)
 
 
-def test_mean_std_is_the_sample_std():
-    m, s = mean_std([1.0, 2.0, 3.0, 4.0])
-    assert m == pytest.approx(2.5)
-    assert s == pytest.approx(torch.tensor([1.0, 2.0, 3.0, 4.0]).std().item())
-    assert mean_std([7.0]) == (7.0, 0.0)
-    with pytest.raises(ValueError):
-        mean_std([])
-
-
-def test_compare_runs_needs_a_gain_larger_than_the_spread():
-    out = compare_runs([61.0, 63.0, 62.0], [60.0, 61.0, 59.0])
-    assert out["gain"] == pytest.approx(2.0) and out["spread"] == pytest.approx(1.0) and out["beats"]
-    noisy = compare_runs([60.0, 66.0, 63.0], [60.0, 61.0, 59.0])
-    assert noisy["gain"] == pytest.approx(3.0) and not noisy["beats"]  # spread 3.0
-    with pytest.raises(ValueError, match="same number"):
-        compare_runs([1.0, 2.0], [1.0, 2.0, 3.0])
-
-
 def test_target_entropy_bounds():
     c = 10
     assert target_entropy(torch.zeros(5, c)) == pytest.approx(math.log(c))
@@ -108,15 +91,32 @@ def test_target_entropy_bounds():
         target_entropy(logits, T=0)
 
 
-def test_time_epochs_leaves_models_untouched_and_orders_by_size():
-    x, y = _toy(n=256)
-    small = _mlp(4)
-    big = kd.build_model("mlp", (1, 12), width=1024, depth=3, n_classes=4, seed=0)  # ~2M params
+def test_time_epochs_is_the_median_of_interleaved_rounds(monkeypatch):
+    x, y = _toy(n=64)
+    small, big = _mlp(4), _mlp(32)
     before = [p.clone() for p in small.parameters()]
-    t = time_epochs({"small": small, "big": big}, x, y, n_classes=4, reps=3, batch_size=32)
-    assert set(t) == {"small", "big"} and all(v > 0 for v in t.values())
-    assert t["big"] > t["small"]
-    for a, b in zip(before, small.parameters()):
-        torch.testing.assert_close(a, b)
-    with pytest.raises(ValueError):
+    calls = []
+    seconds = iter([1.0, 10.0, 9.0, 2.0, 2.0, 30.0])   # round 0: small, big; round 1; round 2
+
+    def fake_fit(model, loader, *, epochs, loss_fn, seed, device, progress):
+        calls.append((kd.count_params(model), seed, epochs, len(next(iter(loader)))))
+        model.head.weight.data.add_(1.0)   # training a copy must not reach the caller's model
+        return History(seconds=next(seconds))
+
+    monkeypatch.setattr(chains, "fit", fake_fit)
+    t = time_epochs({"small": small, "big": big}, x, y, n_classes=4, reps=3, batch_size=16)
+    assert t == {"small": 2.0, "big": 10.0}   # medians of [1, 9, 2] and [10, 2, 30]
+    n_small, n_big = kd.count_params(small), kd.count_params(big)
+    assert calls == [(n_small, 0, 1, 3), (n_big, 0, 1, 3), (n_small, 1, 1, 3), (n_big, 1, 1, 3),
+                     (n_small, 2, 1, 3), (n_big, 2, 1, 3)]   # interleaved, one epoch, (x, y, teacher) batches
+    assert all(torch.equal(a, b) for a, b in zip(before, small.parameters()))
+
+
+def test_time_epochs_times_real_epochs():
+    x, y = _toy(n=64)
+    t = time_epochs({"a": _mlp(4)}, x, y, n_classes=4, reps=1, batch_size=32)
+    assert set(t) == {"a"} and t["a"] > 0
+    with pytest.raises(ValueError, match="at least one model"):
         time_epochs({}, x, y)
+    with pytest.raises(ValueError, match="reps >= 1"):
+        time_epochs({"a": _mlp(4)}, x, y, reps=0)

@@ -1,4 +1,5 @@
 """Profiles, hooks, utils and the package's import hygiene."""
+import dataclasses
 import subprocess
 import sys
 
@@ -7,6 +8,7 @@ import torch
 from torch import nn
 
 import kdcourse as kd
+from kdcourse.profiles import PROFILES, Profile
 
 
 def test_profiles(monkeypatch):
@@ -25,6 +27,24 @@ def test_profiles(monkeypatch):
         kd.get_profile()
     with pytest.raises(ValueError, match="unknown profile 'slow'.*fast"):
         kd.get_profile("slow")
+
+
+def test_profiles_are_frozen_and_share_their_teacher_sizes():
+    assert set(PROFILES) == {"fast", "full"} and all(isinstance(p, Profile) for p in PROFILES.values())
+    fast = PROFILES["fast"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.batch_size = 64
+    assert all(set(p.epochs) == set(p.teacher_epochs) == set(kd.data.DATASETS) for p in PROFILES.values())
+    assert not hasattr(fast, "as_dict")   # removed: dead code
+
+
+def test_layer_names_lists_every_capturable_submodule():
+    net = nn.Sequential(nn.Linear(3, 4), nn.Sequential(nn.ReLU(), nn.Linear(4, 2)))
+    assert kd.hooks.layer_names(net) == ["0", "1", "1.0", "1.1"]
+    with kd.capture(net, kd.hooks.layer_names(net)) as feats:
+        out = net(torch.randn(5, 3))
+    torch.testing.assert_close(feats["1"], out)
+    torch.testing.assert_close(feats["1.0"], torch.relu(feats["0"]))
 
 
 def test_capture_records_named_outputs_and_removes_hooks():

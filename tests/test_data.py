@@ -1,4 +1,3 @@
-import gzip
 import pickle
 
 import numpy as np
@@ -120,3 +119,40 @@ def test_torchvision_missing_files_say_how_to_download(tmp_path):
         load_torchvision("fashionmnist", root=tmp_path)
     with pytest.raises(ValueError, match="choose one of"):
         load_torchvision("imagenet", root=tmp_path)
+
+
+def test_generating_mnist1d_leaves_the_global_random_states_alone(tmp_path):
+    import random
+    random.seed(5)
+    np.random.seed(5)
+    torch.manual_seed(5)
+    states = random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state()
+    kd.load_dataset("mnist1d", n_unlabeled=20, cache_dir=tmp_path)   # cold cache: generated now
+    assert random.getstate() == states[0]
+    assert np.array_equal(np.random.get_state()[1], states[1]) and torch.equal(torch.get_rng_state(), states[2])
+
+
+def test_dataset_loaders_and_description():
+    d = kd.load_dataset("digits", n_train=200)
+    assert d.n_classes == 10 and d.in_shape == (1, 8, 8)
+    assert repr(d) == "Dataset('digits', train=200, test=360, unlabeled=0, in_shape=(1, 8, 8), classes=10)"
+    test = list(d.test_loader(batch_size=100))
+    assert [len(b[0]) for b in test] == [100, 100, 100, 60]
+    assert torch.equal(torch.cat([b[0] for b in test]), d.x_test)     # in order, nothing dropped
+    train = list(d.train_loader(64, seed=1))
+    xs, ys = torch.cat([b[0] for b in train]), torch.cat([b[1] for b in train])
+    order = torch.randperm(200, generator=torch.Generator().manual_seed(1))   # epoch 0 uses seed + 0
+    assert torch.equal(xs, d.x_train[order]) and torch.equal(ys, d.y_train[order])
+    assert list(d.train_loader(64, shuffle=False))[0][1].tolist() == d.y_train[:64].tolist()
+    assert d.mean == pytest.approx(float(kd.load_dataset("digits", n_train=200, standardize=False).x_train.mean()))
+
+
+def test_tensor_loader_drop_last_and_batch_size():
+    x = torch.arange(10).float()
+    assert [len(b[0]) for b in TensorLoader(x, batch_size=4, drop_last=True, shuffle=False)] == [4, 4]
+    assert len(TensorLoader(x, batch_size=4, drop_last=True)) == 2
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        TensorLoader(x, batch_size=0)
+    with pytest.raises(ValueError, match="at least one tensor"):
+        TensorLoader()
+    assert kd.data.DATASETS == tuple(kd.data.INPUT_SHAPES) and "cifar10" in kd.data.TORCHVISION_DATASETS

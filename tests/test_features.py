@@ -29,17 +29,17 @@ def test_regressor_maps_student_shape_to_teacher_shape(s, t, kind):
     assert isinstance(reg, kind) and reg(_r(3, *s)).shape == (3, *t)
 
 
-def test_fitnets_zero_when_regressed_features_match_and_trains_only_student_side():
-    loss = FitNets((6,), (6,), student_layer="a", teacher_layer="b", base=None, regressor=False)
-    fs = _r(5, 6).requires_grad_(True)
-    ft = fs.detach().clone().requires_grad_(True)
-    out = loss(None, None, None, Features({"a": fs}, {"b": ft}))
-    assert out.item() == 0.0
-    fit = FitNets((6,), (3,), student_layer="a", teacher_layer="b", base=None)
-    with torch.no_grad():
-        t_feat = fit.regressor(fs) + 0.0
-    t_in = t_feat.clone().requires_grad_(False)
-    assert fit(None, None, None, Features({"a": fs}, {"b": t_in})).item() == pytest.approx(0.0, abs=1e-12)
+def test_fitnets_equals_beta_times_mse_of_the_regressed_features_plus_ce():
+    fs, ft = _r(5, 6), _r(5, 3, 4, seed=1)
+    logits, y = _r(5, 10, seed=2), torch.randint(0, 10, (5,))
+    loss = FitNets((6,), (3, 4), student_layer="a", teacher_layer="b", beta=0.5)
+    reg = loss.regressor
+    assert isinstance(reg[0], nn.Linear) and reg[0].out_features == 12
+    want = F.cross_entropy(logits, y) + 0.5 * ((reg(fs) - ft) ** 2).mean()
+    torch.testing.assert_close(loss(logits, None, y, Features({"a": fs}, {"b": ft})), want)
+    same = FitNets((6,), (6,), student_layer="a", teacher_layer="b", base=None, regressor=False)
+    assert isinstance(same.regressor, nn.Identity)
+    torch.testing.assert_close(same(None, None, None, Features({"a": fs}, {"b": fs + 2.0})), torch.tensor(4.0))
 
 
 def test_fitnets_inside_fit_sends_no_gradient_to_the_teacher():
@@ -98,12 +98,17 @@ def test_linear_cka_hand_example():
     assert linear_cka(x, y).item() == pytest.approx(1.0 / 4.0)
 
 
-def test_cka_matrix_shape_and_diagonal():
-    m = kd.build_model("cnn", (1, 28, 28), width=4)
+def test_cka_matrix_equals_linear_cka_of_the_captured_features():
+    a, b = kd.build_model("cnn", (1, 28, 28), width=4, seed=0).eval(), kd.build_model("mlp", (1, 28, 28), seed=1).eval()
     x = _r(50, 1, 28, 28)
-    mat = cka_matrix(m, m, x, ["blocks.0", "blocks.1", "head"], ["blocks.0", "blocks.1", "head"])
-    assert mat.shape == (3, 3)
-    torch.testing.assert_close(mat.diagonal(), torch.ones(3), atol=1e-4, rtol=0)
+    layers_a, layers_b = ["blocks.0", "blocks.1", "head"], ["embed", "head"]
+    mat = cka_matrix(a, b, x, layers_a, layers_b)
+    with torch.no_grad(), kd.capture(a, layers_a) as fa, kd.capture(b, layers_b) as fb:
+        a(x), b(x)
+    want = torch.tensor([[linear_cka(fa[i], fb[j]).item() for j in layers_b] for i in layers_a])
+    assert mat.shape == (3, 2)
+    torch.testing.assert_close(mat, want)
+    torch.testing.assert_close(cka_matrix(b, a, x, layers_b, layers_a), mat.T)   # swapping models transposes
 
 
 @pytest.mark.parametrize("call,match", [
@@ -176,13 +181,29 @@ def test_linear_cka_not_invariant_to_an_arbitrary_invertible_map():
     assert linear_cka(x, x @ a).item() < 0.9
 
 
-def test_cka_matrix_restores_train_mode_and_feature_shapes():
-    m = kd.build_model("mlp", (1, 40), width=8).train()
-    cka_matrix(m, m, _r(20, 1, 40), ["embed"], ["head"])
-    assert m.training
-    assert feature_shapes(m, ["blocks.0", "embed", "head"], _r(5, 1, 40)) == {
-        "blocks.0": (8,), "embed": (8,), "head": (10,)}
-    assert m.training
+@pytest.mark.parametrize("call", [lambda m, x: cka_matrix(m, m, x, ["blocks.0"], ["head"]),
+                                  lambda m, x: feature_shapes(m, ["blocks.0"], x)])
+def test_cka_matrix_and_feature_shapes_run_in_eval_mode_and_restore_it(call):
+    m = kd.build_model("cnn", (1, 40), width=4).train()
+    bn = m.blocks[0][1]
+    stats = bn.running_mean.clone()
+    call(m, _r(20, 1, 40))
+    assert torch.equal(bn.running_mean, stats)   # eval mode inside: no BatchNorm update
+    assert all(mod.training for mod in m.modules())
+    bn.eval()                                    # a mixed state comes back as it was
+    call(m, _r(20, 1, 40))
+    assert m.training and not bn.training
+    m.eval()
+    call(m, _r(20, 1, 40))
+    assert not any(mod.training for mod in m.modules())
+
+
+def test_feature_shapes_are_the_captured_shapes_without_batch():
+    m = kd.build_model("cnn", (1, 40), width=4, depth=2)
+    assert feature_shapes(m, ["blocks.0", "blocks.1", "embed", "head"], _r(5, 1, 40)) == {
+        "blocks.0": (4, 20), "blocks.1": (8, 10), "embed": (16,), "head": (10,)}
+    assert feature_shapes(kd.build_model("mlp", (1, 40), width=8), ["blocks.0", "embed"], _r(1, 1, 40)) == {
+        "blocks.0": (8,), "embed": (8,)}
 
 
 def test_capture_on_a_course_model_matches_output_and_releases_hooks():

@@ -1,11 +1,14 @@
 """The maths of the distillation losses (notebook 01)."""
+import math
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 import kdcourse as kd
-from kdcourse.losses import (class_bias_for_share, kd_loss, soft_cross_entropy, soft_kl,
-                             softmax_with_temperature, temperature_schedule)
+from kdcourse.losses import (check_logits, check_temperature, class_bias_for_share, kd_loss, soft_cross_entropy,
+                             soft_kl, softmax_with_temperature, temperature_schedule)
 
 
 def _logits(*shape, seed=0, scale=3.0):
@@ -97,12 +100,17 @@ def test_softmax_with_temperature():
     assert (ent(softmax_with_temperature(z, 10.0)) > ent(softmax_with_temperature(z, 1.0))).all()
 
 
-@pytest.mark.parametrize("kind", ["constant", "exponential", "step"])
-def test_temperature_schedules(kind):
-    sched = temperature_schedule(kind, T0=8.0, epochs=9, T_end=1.0)
-    values = [sched(e) for e in range(9)]
-    assert values[0] == 8.0 and all(a >= b for a, b in zip(values, values[1:]))
-    assert values[-1] == {"constant": 8.0, "exponential": pytest.approx(1.0), "step": 2.0}[kind]
+def test_temperature_schedules_closed_forms():
+    const = temperature_schedule("constant", T0=8.0, epochs=9)
+    expo = temperature_schedule("exponential", T0=8.0, epochs=9, T_end=1.0)
+    step = temperature_schedule("step", T0=8.0, epochs=9, T_end=1.0)
+    assert [const(e) for e in range(9)] == [8.0] * 9
+    # 8 * (1/8) ** (e / 8): 8 at the start, 1 at the end, geometric in between
+    assert [expo(e) for e in range(9)] == pytest.approx([8.0 * 2 ** (-3 * e / 8) for e in range(9)])
+    assert [step(e) for e in range(9)] == [8.0, 8.0, 8.0, 4.0, 4.0, 4.0, 2.0, 2.0, 2.0]
+    floor = temperature_schedule("step", T0=4.0, epochs=3, T_end=3.0)
+    assert [floor(e) for e in range(3)] == [4.0, 3.0, 3.0]   # never below T_end
+    assert temperature_schedule("exponential", T0=5.0, epochs=1)(0) == 5.0  # one epoch: T0
 
 
 def test_class_bias_for_share_hits_the_share():
@@ -111,6 +119,19 @@ def test_class_bias_for_share_hits_the_share():
     d = class_bias_for_share(logits, 3, 0.1)
     share = ((logits + d * F.one_hot(torch.tensor(3), 10)).argmax(1) == 3).float().mean().item()
     assert d > 0 and share == pytest.approx(0.1, abs=0.005)
+    shifts = [class_bias_for_share(logits, 3, s) for s in (0.05, 0.1, 0.3, 0.6)]
+    assert shifts == sorted(shifts) and shifts[0] < shifts[-1]   # a larger share needs a larger shift
+
+
+def test_class_bias_for_share_keeps_the_logits_dtype_and_accepts_numpy_scalars():
+    logits = _logits(500, 6)
+    logits[:, 2] -= 8
+    d32 = class_bias_for_share(logits, 2, 0.25)   # 0.25: exact in float32 and float64
+    d64 = class_bias_for_share(logits.double(), np.int64(2), np.float64(0.25))
+    assert d64 == pytest.approx(d32, abs=1e-3)
+    assert class_bias_for_share(logits, torch.tensor(2), torch.tensor(0.25)) == d32
+    with pytest.raises(TypeError, match="cls must be a number"):
+        class_bias_for_share(logits, True, 0.25)
 
 
 def test_loss_modules_for_fit():
@@ -119,16 +140,54 @@ def test_loss_modules_for_fit():
     torch.testing.assert_close(kd.losses.CE()(s, None, y, None), F.cross_entropy(s, y))
 
 
-def test_teacher_gets_no_gradient():
+@pytest.mark.parametrize("fn", [lambda s, t: kd_loss(s, t, T=2.0, alpha=0.0),
+                                lambda s, t: kd_loss(s, t, torch.tensor([0, 1, 2, 0]), T=2.0, alpha=0.5),
+                                lambda s, t: soft_kl(s, t, 2.0), lambda s, t: soft_cross_entropy(s, t, 2.0),
+                                lambda s, t: kd.losses.KD()(s, t, torch.tensor([0, 1, 2, 0]))])
+def test_teacher_logits_get_no_gradient(fn):
     s = _logits(4, 3).requires_grad_(True)
-    t = _logits(4, 3, seed=1).requires_grad_(True)
-    kd_loss(s, t, T=2.0, alpha=0.0).backward()
-    assert s.grad is not None and t.grad is not None  # caller's job: fit runs the teacher under no_grad
-    with torch.no_grad():
-        t_out = t * 1.0
-    s.grad = None
-    kd_loss(s, t_out, T=2.0, alpha=0.0).backward()
-    assert not t_out.requires_grad
+    t = _logits(4, 3, seed=1).requires_grad_(True)   # even teacher logits that track gradients
+    fn(s, t).backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0 and t.grad is None
+
+
+def test_numbers_may_be_numpy_scalars_or_zero_d_tensors():
+    s, t, y = _logits(8, 10), _logits(8, 10, seed=1), torch.randint(0, 10, (8,))
+    want = kd_loss(s, t, y, T=4, alpha=0.25)
+    for T, alpha in ((np.int64(4), np.float64(0.25)), (torch.tensor(4.0), torch.tensor(0.25)), (4.0, 0.25)):
+        torch.testing.assert_close(kd_loss(s, t, y, T=T, alpha=alpha), want)
+        torch.testing.assert_close(kd.losses.KD(T=T, alpha=alpha)(s, t, y), want)
+    assert check_temperature(np.float32(2.5)) == 2.5 and isinstance(check_temperature(np.int64(8)), float)
+    torch.testing.assert_close(softmax_with_temperature(s, torch.tensor(2.0)), torch.softmax(s / 2, -1))
+
+
+@pytest.mark.parametrize("bad", [True, "4", None, torch.tensor([1.0, 2.0])])
+def test_temperature_and_alpha_reject_non_numbers(bad):
+    with pytest.raises(TypeError, match="temperature T must be a number"):
+        check_temperature(bad)
+    with pytest.raises(TypeError, match="alpha must be a number"):
+        kd.losses.KD(alpha=bad)
+
+
+def test_kd_module_checks_its_settings_at_construction():
+    with pytest.raises(ValueError, match="alpha must be in \\[0, 1\\]"):
+        kd.losses.KD(alpha=1.5)
+    with pytest.raises(ValueError, match="T must be a finite number > 0"):
+        kd.losses.KD(T=0)
+    with pytest.raises(ValueError, match="T must be a finite number > 0"):
+        kd.losses.KD(T=math.inf)
+    loss = kd.losses.KD(T=2, alpha=0.5)
+    assert repr(loss) == "KD(T=2, alpha=0.5)"
+    loss.T = -1.0   # changed later, e.g. by a bad schedule: caught at the next call
+    with pytest.raises(ValueError, match="T must be"):
+        loss(_logits(2, 3), _logits(2, 3, seed=1), torch.tensor([0, 1]))
+
+
+def test_check_logits_accepts_matching_finite_logits():
+    check_logits(_logits(4, 3), _logits(4, 3, seed=1))
+    check_logits(_logits(2, 5, 3), _logits(2, 5, 3, seed=1))   # token level (B, L, C)
+    with pytest.raises(ValueError, match="teacher logits contain NaN or inf"):
+        check_logits(_logits(4, 3), torch.full((4, 3), float("inf")))
 
 
 @pytest.mark.parametrize("call,match", [
@@ -145,6 +204,9 @@ def test_teacher_gets_no_gradient():
     (lambda: kd_loss(torch.zeros(10), torch.zeros(10)), "shape \\(B, C\\)"),
     (lambda: temperature_schedule("cosine", T0=4, epochs=3), "unknown schedule"),
     (lambda: class_bias_for_share(torch.zeros(5, 3), 3, 0.1), "cls"),
+    (lambda: class_bias_for_share(torch.zeros(5, 3), 1, 1.0), "share must be in \\(0, 1\\)"),
+    (lambda: temperature_schedule("step", T0=4, epochs=0), "epochs must be >= 1"),
+    (lambda: soft_cross_entropy(torch.zeros(4, 10), torch.zeros(4, 10), T=0.0), "T must be"),
 ])
 def test_bad_input_errors(call, match):
     with pytest.raises(ValueError, match=match):

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import kdcourse as kd
 from kdcourse.losses import Features
-from kdcourse.relations import (Relational, pairwise_distances, pkt_loss, recall_at_1, rkd_angle_loss,
+from kdcourse.relations import (Relational, embed, pairwise_distances, pkt_loss, recall_at_1, rkd_angle_loss,
                                 rkd_distance_loss, sp_loss)
 
 
@@ -59,7 +59,8 @@ def test_sp_invariant_to_permuting_channels_and_zero_when_equal():
     perm = torch.randperm(12, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(sp_loss(s[:, perm], t), sp_loss(s, t))
     assert sp_loss(t, t.clone()).item() == pytest.approx(0.0, abs=1e-7)
-    assert sp_loss(_r(10, 3, 4, 4), _r(10, 8, 2, 2)).item() >= 0  # conv features are flattened
+    fs, ft = _r(10, 3, 4, 4), _r(10, 8, 2, 2, seed=1)   # conv features are flattened to (B, -1)
+    torch.testing.assert_close(sp_loss(fs, ft), sp_loss(fs.flatten(1), ft.flatten(1)))
 
 
 @pytest.mark.parametrize("loss", [sp_loss, pkt_loss])
@@ -129,11 +130,48 @@ def test_recall_at_1():
         recall_at_1(emb, torch.tensor([0, 1]))
 
 
-def test_relational_in_fit_runs():
-    x, y = _r(64, 1, 40), torch.randint(0, 10, (64,))
-    teacher = kd.build_model("cnn", (1, 40), width=4, depth=2)
-    student = kd.build_model("mlp", (1, 40), width=8)
-    h = kd.fit(student, kd.data.TensorLoader(x, y, batch_size=16), epochs=1, teacher=teacher,
-               loss_fn=Relational(w_dist=25, w_angle=50, max_anchors=4), student_layers=["embed"],
-               teacher_layers=["embed"], progress=False)
-    assert math.isfinite(h.loss[0])
+def test_relational_names_an_uncaptured_layer():
+    rel = Relational(student_layer="embed", teacher_layer="blocks.1", w_dist=1.0, base=None)
+    with pytest.raises(KeyError, match="Relational: no captured teacher feature 'blocks.1'.*teacher_layers"):
+        rel(None, None, None, Features({"embed": _r(4, 3)}, {"embed": _r(4, 3)}))
+    with pytest.raises(KeyError, match="no captured student feature 'embed'.*student_layers"):
+        rel(None, None, None, Features({}, {"blocks.1": _r(4, 3)}))
+
+
+def test_relational_in_fit_brings_the_student_geometry_closer_to_the_teacher():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(128, 1, 40, generator=g), torch.randint(0, 10, (128,), generator=g)
+    teacher = kd.build_model("cnn", (1, 40), width=4, depth=2, seed=1).eval()
+    student = kd.build_model("mlp", (1, 40), width=8, seed=2)
+    gap = lambda: rkd_distance_loss(embed(student, x), embed(teacher, x)).item()  # noqa: E731
+    before = gap()
+    h = kd.fit(student, kd.data.TensorLoader(x, y, batch_size=32), epochs=10, lr=1e-2, teacher=teacher,
+               loss_fn=Relational(w_dist=1.0, w_angle=1.0, max_anchors=4, base=None),
+               student_layers=["embed"], teacher_layers=["embed"], progress=False)
+    assert h.loss[-1] < h.loss[0] and gap() < 0.5 * before
+
+
+def test_embed_matches_the_captured_layer_in_any_batch_size():
+    m = kd.build_model("cnn", (1, 40), width=4, seed=0).eval()
+    x = _r(23, 1, 40)
+    with torch.no_grad(), kd.capture(m, ["embed", "blocks.1"]) as f:
+        m(x)
+    torch.testing.assert_close(embed(m, x), f["embed"])
+    torch.testing.assert_close(embed(m, x, batch_size=5), f["embed"])
+    conv = embed(m, x, layer="blocks.1", batch_size=7)   # conv features come back flattened
+    assert conv.shape == (23, 8 * 10)
+    torch.testing.assert_close(conv, f["blocks.1"].flatten(1))
+    assert not embed(m, x).requires_grad
+    with pytest.raises(KeyError, match="unknown layer name"):
+        embed(m, x, layer="fc")
+
+
+def test_embed_runs_in_eval_mode_and_restores_the_mode():
+    m = kd.build_model("cnn", (1, 40), width=4, seed=0).train()
+    bn = m.blocks[0][1]
+    stats = bn.running_mean.clone()
+    embed(m, _r(16, 1, 40))
+    assert torch.equal(bn.running_mean, stats) and all(mod.training for mod in m.modules())
+    m.eval()
+    embed(m, _r(16, 1, 40))
+    assert not any(mod.training for mod in m.modules())

@@ -1,24 +1,38 @@
 import json
-import time
 
 import pytest
 import torch
 
 import kdcourse as kd
+from kdcourse import teachers
 from kdcourse.teachers import cache_paths, teacher_config
 
 FAST = dict(epochs=1, width=4, depth=1)
 
 
-def test_second_call_loads_from_cache_in_under_a_second(tmp_path):
+def test_second_call_loads_from_the_cache_without_training(tmp_path, monkeypatch):
     t1 = kd.get_teacher("digits", cache_dir=tmp_path, progress=False, **FAST)
     assert t1.cache_info["loaded"] is False and 0 <= t1.cache_info["test_acc"] <= 100
-    start = time.perf_counter()
+    assert t1.cache_info["path"] == str(cache_paths(teacher_config("digits", **FAST), tmp_path)[0])
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("get_teacher trained although a valid checkpoint was cached")
+
+    monkeypatch.setattr(teachers, "fit", no_training)
     t2 = kd.get_teacher("digits", cache_dir=tmp_path, progress=False, **FAST)
-    assert time.perf_counter() - start < 1.0
-    assert t2.cache_info["loaded"] is True and not t2.training
+    assert t2.cache_info["loaded"] is True
+    assert t2.cache_info["test_acc"] == t1.cache_info["test_acc"]
     assert all(torch.equal(a, b) for a, b in zip(t1.parameters(), t2.parameters()))
-    assert not any(p.requires_grad for p in t2.parameters())
+
+
+def test_teacher_comes_back_frozen(tmp_path):
+    t = kd.get_teacher("digits", cache_dir=tmp_path, progress=False, **FAST)
+    assert not any(mod.training for mod in t.modules())
+    assert not any(p.requires_grad for p in t.parameters())   # a fixed target: no optimizer can move it
+    assert "requires_grad=False" in teachers.get_teacher.__doc__
+    x = torch.randn(4, 1, 8, 8, requires_grad=True)
+    t(x).sum().backward()                                      # gradients still flow to the input
+    assert x.grad is not None and all(p.grad is None for p in t.parameters())
 
 
 def test_corrupted_checkpoint_is_detected_and_rebuilt(tmp_path):
@@ -59,6 +73,13 @@ def test_missing_metadata_is_not_trusted(tmp_path):
 
 def test_cache_key_covers_the_recipe():
     base = teacher_config("mnist", epochs=3)
+    assert base == {"dataset": "mnist", "arch": "cnn", "width": 16, "depth": 2, "epochs": 3, "seed": 0,
+                    "lr": 1e-3, "batch_size": 128, "data_seed": 0, "n_train": None, "cache_version": 1}
+    full = kd.get_profile("full")
+    assert teacher_config("mnist", profile=full)["epochs"] == full.teacher_epochs["mnist"]
+    ckpt, meta = cache_paths(base, "/some/dir")
+    assert ckpt.parent == meta.parent and ckpt.suffix == ".pt" and meta.suffix == ".json"
+    assert ckpt.stem == meta.stem and ckpt.stem.startswith("teacher-mnist-cnn16x2-")
     paths = {cache_paths(base)[0]}
     for change in (dict(epochs=4), dict(seed=1), dict(width=8), dict(lr=1e-2), dict(n_train=500)):
         paths.add(cache_paths(teacher_config("mnist", **{**dict(epochs=3), **change}))[0])

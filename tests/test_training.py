@@ -1,3 +1,5 @@
+"""The one training loop (notebook 00): seeding without global state, modes, teacher, features."""
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -5,6 +7,7 @@ from torch import nn
 
 import kdcourse as kd
 from kdcourse.data import TensorLoader
+from kdcourse.training import History
 
 
 def _separable(n=256, seed=0):
@@ -15,24 +18,60 @@ def _separable(n=256, seed=0):
     return x, y
 
 
+def _dropout_net(seed=0):
+    """A model whose training draws from torch's global RNG (dropout masks)."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 3))
+
+
+def _cnn(seed=0):
+    return kd.build_model("cnn", (1, 8), width=4, depth=1, n_classes=3, seed=seed)
+
+
 def test_fit_learns_and_returns_history():
     x, y = _separable()
     m = kd.build_model("mlp", (1, 8), width=16, depth=1, n_classes=3, seed=0)
     h = kd.fit(m, TensorLoader(x, y, batch_size=32), epochs=5, lr=1e-2, test=(x, y), progress=False)
+    assert isinstance(h, History) and h.loss is h["loss"]
     assert len(h.loss) == len(h.test_acc) == len(h.epoch_seconds) == 5
     assert h.loss[-1] < h.loss[0] and h.test_acc[-1] > 95
+    assert h.test_acc[-1] == pytest.approx(kd.evaluate(m, (x, y)))
     assert h.seconds == pytest.approx(sum(h.epoch_seconds))
-    assert not m.training  # left in eval mode
+    assert not m.training  # documented: a trained model is left in eval mode
+    with pytest.raises(AttributeError):
+        h.missing
 
 
-def test_fit_is_reproducible_with_seeds():
+def test_fit_does_not_touch_the_global_rng_and_is_reproducible():
     x, y = _separable()
-    runs = []
-    for _ in range(2):
-        m = kd.build_model("mlp", (1, 8), width=8, n_classes=3, seed=1)
-        kd.fit(m, TensorLoader(x, y, batch_size=32, seed=5), epochs=2, progress=False)
-        runs.append(kd.predict(m, x))
-    torch.testing.assert_close(runs[0], runs[1])
+    weights = []
+    for global_seed in (123, 999):   # different global states before each run
+        m = _dropout_net()
+        torch.manual_seed(global_seed)
+        before = torch.get_rng_state()
+        kd.fit(m, TensorLoader(x, y, batch_size=32, seed=5), epochs=2, seed=7, progress=False)
+        assert torch.equal(torch.get_rng_state(), before)
+        weights.append([p.detach().clone() for p in m.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*weights))
+
+
+def test_fit_seed_acts_like_torch_manual_seed_and_changes_dropout_masks():
+    x, y = _separable()
+    loader = lambda: TensorLoader(x, y, batch_size=32, seed=5)  # noqa: E731
+    by_hand = _dropout_net()
+    opt = torch.optim.Adam(by_hand.parameters(), lr=1e-3)
+    torch.manual_seed(7)   # what fit did before it stopped touching global state
+    by_hand.train()
+    for xb, yb in loader():
+        loss = F.cross_entropy(by_hand(xb), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    same, other = _dropout_net(), _dropout_net()
+    kd.fit(same, loader(), epochs=1, seed=7, progress=False)
+    kd.fit(other, loader(), epochs=1, seed=8, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(by_hand.parameters(), same.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(same.parameters(), other.parameters()))
 
 
 def test_distillation_is_the_same_loop_with_a_teacher_and_a_loss():
@@ -46,6 +85,15 @@ def test_distillation_is_the_same_loop_with_a_teacher_and_a_loss():
     assert kd.evaluate(teacher, (x, y)) > 95
     assert h.test_acc[-1] > 90
     assert all(torch.equal(a, b) for a, b in zip(before, teacher.parameters()))  # teacher frozen
+
+
+def test_teacher_runs_in_eval_mode_and_gets_its_mode_back():
+    x, y = _separable(64)
+    teacher = _cnn(seed=1).train()
+    stats = teacher.blocks[0][1].running_mean.clone()
+    kd.fit(_cnn(), TensorLoader(x, y), epochs=1, teacher=teacher, loss_fn=kd.losses.KD(), progress=False)
+    assert torch.equal(teacher.blocks[0][1].running_mean, stats)  # eval mode: BN statistics untouched
+    assert teacher.training and all(m.training for m in teacher.modules())
 
 
 def test_precomputed_teacher_outputs_equal_live_teacher():
@@ -83,12 +131,32 @@ def test_features_reach_the_loss_and_loss_parameters_train():
     assert not torch.equal(w0, loss.reg.weight)
 
 
-def test_on_epoch_callback_and_progress_bar():
+def test_on_epoch_callback_and_progress_bar(capsys):
     x, y = _separable(64)
-    seen = []
-    m = kd.build_model("mlp", (1, 8), width=4, n_classes=3)
-    kd.fit(m, TensorLoader(x, y), epochs=3, on_epoch=seen.append, progress=True)
-    assert seen == [0, 1, 2]
+    seen, weights = [], []
+    for progress in (True, False):
+        m = kd.build_model("mlp", (1, 8), width=4, n_classes=3, seed=0)
+        kd.fit(m, TensorLoader(x, y), epochs=3, on_epoch=seen.append, progress=progress, desc="my-run")
+        weights.append(list(m.parameters()))
+        err = capsys.readouterr().err
+        assert ("my-run" in err) == progress  # the tqdm bar is drawn only when asked for
+    assert seen == [0, 1, 2] * 2
+    assert all(torch.equal(a, b) for a, b in zip(*weights))  # the bar does not change training
+
+
+def test_fit_accepts_numpy_and_tensor_counts():
+    x, y = _separable(64)
+    runs = []
+    for epochs, seed in ((2, 3), (np.int64(2), np.int64(3)), (torch.tensor(2), torch.tensor(3))):
+        m = kd.build_model("mlp", (1, 8), width=4, n_classes=3, seed=0)
+        runs.append(len(kd.fit(m, TensorLoader(x, y), epochs=epochs, seed=seed, progress=False).loss))
+        runs.append(kd.predict(m, x))
+    assert runs[0] == runs[2] == runs[4] == 2
+    torch.testing.assert_close(runs[1], runs[3])
+    torch.testing.assert_close(runs[1], runs[5])
+    for bad in (True, "2", 1.5):
+        with pytest.raises((TypeError, ValueError), match="epochs"):
+            kd.fit(m, TensorLoader(x, y), epochs=bad, progress=False)
 
 
 def test_fit_errors():
@@ -110,21 +178,32 @@ def test_fit_errors():
         kd.fit(m, TensorLoader(x * float("nan"), y), epochs=1, progress=False)
 
 
-def test_evaluate_accepts_tuples_and_loaders():
+def test_evaluate_and_predict_match_a_hand_computation():
     x, y = _separable(100)
-    m = kd.build_model("mlp", (1, 8), width=4, n_classes=3)
-    a = kd.evaluate(m, (x, y))
-    b = kd.evaluate(m, TensorLoader(x, y, shuffle=False, batch_size=7))
-    assert a == pytest.approx(b) and 0 <= a <= 100
+    m = _cnn().eval()
+    with torch.no_grad():
+        logits = m(x)
+    torch.testing.assert_close(kd.predict(m, x, batch_size=7), logits)
+    torch.testing.assert_close(kd.predict(m, TensorLoader(x, y, shuffle=False, batch_size=9)), logits)
+    want = 100.0 * (logits.argmax(1) == y).float().mean().item()
+    assert kd.evaluate(m, (x, y)) == pytest.approx(want)
+    assert kd.evaluate(m, TensorLoader(x, y, shuffle=False, batch_size=7)) == pytest.approx(want)
     with pytest.raises(ValueError, match="empty"):
         kd.evaluate(m, (x[:0], y[:0]))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_fit_on_cuda():
-    x, y = _separable()
-    m = kd.build_model("cnn", (1, 8), width=4, depth=1, n_classes=3)
-    teacher = kd.build_model("cnn", (1, 8), width=8, depth=1, n_classes=3)
-    h = kd.fit(m, TensorLoader(x, y), epochs=2, teacher=teacher, loss_fn=kd.losses.KD(),
-               device="cuda", test=(x, y), progress=False)
-    assert next(m.parameters()).is_cuda and len(h.test_acc) == 2
+@pytest.mark.parametrize("helper", [lambda m, x, y: kd.predict(m, x), lambda m, x, y: kd.evaluate(m, (x, y)),
+                                    lambda m, x, y: kd.evaluate(m, TensorLoader(x, y))])
+def test_predict_and_evaluate_use_eval_mode_and_restore_the_mode(helper):
+    x, y = _separable(32)
+    m = _cnn().train()
+    stats = m.blocks[0][1].running_mean.clone()
+    helper(m, x, y)
+    assert torch.equal(m.blocks[0][1].running_mean, stats)   # ran in eval mode: no BN update
+    assert all(mod.training for mod in m.modules())
+    m.blocks[0][1].eval()                     # a mixed state comes back as it was
+    helper(m, x, y)
+    assert m.training and not m.blocks[0][1].training
+    m.eval()
+    helper(m, x, y)
+    assert not any(mod.training for mod in m.modules())
