@@ -21,7 +21,7 @@ from .data import INPUT_SHAPES, load_dataset
 from .models import build_model, preset
 from .profiles import get_profile
 from .training import evaluate, fit
-from .utils import atomic_write_bytes, data_dir, get_device, sha256_file
+from .utils import atomic_write_bytes, cache_lock, data_dir, get_device, sha256_file
 
 __all__ = ["get_teacher", "teacher_config", "cache_paths"]
 
@@ -92,9 +92,24 @@ def get_teacher(dataset: str, *, arch: str | None = None, width: int | None = No
     ckpt, meta_path = cache_paths(config, cache_dir)
     model = build_model(config["arch"], INPUT_SHAPES[dataset], width=config["width"],
                         depth=config["depth"], seed=seed)
+    with cache_lock(ckpt):  # another process training the same teacher: wait for it, then load
+        meta, loaded = _load_or_train(model, config, ckpt, meta_path, device=device, progress=progress)
+    model.to(get_device(device)).eval()
+    model.zero_grad(set_to_none=True)   # no stale gradients from its own training
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.cache_info = {"loaded": loaded, "path": str(ckpt), "test_acc": meta["test_acc"],
+                        "train_seconds": meta["train_seconds"], "seconds": time.perf_counter() - t0}
+    return model
+
+
+def _load_or_train(model: nn.Module, config: dict, ckpt: Path, meta_path: Path, *, device,
+                   progress: bool) -> tuple[dict, bool]:
+    """Load the verified checkpoint into `model`, or train it and write checkpoint + checksum atomically."""
     meta = _load_cached(model, config, ckpt, meta_path)
-    loaded = meta is not None
-    if not loaded:  # train, then write the checkpoint and its checksum atomically
+    if meta is None:
+        dataset, seed, batch_size, lr = config["dataset"], config["seed"], config["batch_size"], config["lr"]
+        data_seed, n_train = config["data_seed"], config["n_train"]
         data = load_dataset(dataset, seed=data_seed, n_train=n_train)
         hist = fit(model, data.train_loader(batch_size, seed=seed), epochs=config["epochs"], lr=lr,
                    seed=seed, device=device, progress=progress, desc=f"teacher {dataset}")
@@ -106,10 +121,5 @@ def get_teacher(dataset: str, *, arch: str | None = None, width: int | None = No
         atomic_write_bytes(ckpt, buf.getvalue())
         meta["sha256"] = sha256_file(ckpt)
         atomic_write_bytes(meta_path, json.dumps(meta, indent=1).encode())
-    model.to(get_device(device)).eval()
-    model.zero_grad(set_to_none=True)   # no stale gradients from its own training
-    for p in model.parameters():
-        p.requires_grad_(False)
-    model.cache_info = {"loaded": loaded, "path": str(ckpt), "test_acc": meta["test_acc"],
-                        "train_seconds": meta["train_seconds"], "seconds": time.perf_counter() - t0}
-    return model
+        return meta, False
+    return meta, True

@@ -19,7 +19,7 @@ import torch
 
 __all__ = [
     "seed_everything", "get_device", "set_threads", "show_source",
-    "atomic_write_bytes", "sha256_file", "data_dir", "eval_mode", "as_number",
+    "atomic_write_bytes", "sha256_file", "data_dir", "eval_mode", "as_number", "cache_lock",
 ]
 
 
@@ -148,3 +148,30 @@ def as_number(value, name: str, *, integer: bool = False):
             raise ValueError(f"{name} must be a whole number, got {value!r}")
         return int(value)
     return float(value)
+
+
+@contextmanager
+def cache_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``<path>.lock`` inside the block (POSIX ``flock``; no-op elsewhere).
+
+    Two processes that build the same cache entry at once (two notebooks, two test workers) then
+    take turns: the second waits, finds the finished file and loads it instead of training again.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no lock, atomic writes still protect the file
+        yield
+        return
+    lock = Path(f"{path}.lock")
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        f = open(lock, "a")
+    except OSError as err:
+        raise PermissionError(f"cannot write to cache folder {lock.parent} ({err.strerror}); "
+                              "set KDCOURSE_DATA to a writable folder") from err
+    with f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -71,3 +71,24 @@ def test_a_corrupt_results_file_is_named_in_the_error(tmp_path, content):
         kd.load_results("01_soft_labels", results_dir=tmp_path)
     with pytest.raises(ValueError, match="corrupt|JSON object"):
         kd.record("01_soft_labels", results_dir=tmp_path, acc=1.0)
+
+
+def test_cache_lock_makes_a_second_builder_wait(tmp_path):
+    import threading
+    from kdcourse.utils import cache_lock
+    order, held = [], threading.Event()
+
+    def first():
+        with cache_lock(tmp_path / "teacher.pt"):
+            held.set()
+            threading.Event().wait(0.2)
+            order.append("first done")
+
+    t = threading.Thread(target=first)
+    t.start()
+    held.wait(5)
+    with cache_lock(tmp_path / "teacher.pt"):
+        order.append("second entered")
+    t.join()
+    assert order == ["first done", "second entered"]
+    assert (tmp_path / "teacher.pt.lock").exists()
