@@ -30,8 +30,12 @@ lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --no-browser --ip=127.0.0.1 --port=8888 --notebook-dir=notebooks $(JUPYTER_ROOT_FLAG)
 
 # Notebook figures go to a temporary folder under test (see conftest.py); the checkout stays clean.
+# TEST_WORKERS pytest-xdist workers (default 2, one per core of a 2-core laptop), each running torch
+# with KDCOURSE_THREADS threads (default 1, so workers do not fight over cores). TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	env -u KDCOURSE_RESULTS KDCOURSE_PROFILE=fast $(PY) -m pytest tests notebooks --all-notebooks
+	env -u KDCOURSE_RESULTS KDCOURSE_PROFILE=fast KDCOURSE_THREADS=$${KDCOURSE_THREADS:-$(if $(filter 0,$(TEST_WORKERS)),2,1)} \
+		$(PY) -m pytest tests notebooks --all-notebooks $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)
 
 unit: $(STAMP)
 	$(PY) -m pytest tests
@@ -45,7 +49,8 @@ bench: $(STAMP)
 
 # Rewrite constraints.txt from the current .venv (after a deliberate upgrade; then run make test).
 lock: $(STAMP)
-	$(PY) -m pip freeze --exclude-editable --disable-pip-version-check | grep -v '^-e ' > constraints.txt
+	{ sed -n '/^#/p' constraints.txt; $(PY) -m pip freeze --exclude-editable --disable-pip-version-check | grep -v '^-e '; } > constraints.tmp
+	mv constraints.tmp constraints.txt
 
 clean-cache:
 	rm -rf data/cache

@@ -8,7 +8,10 @@
   not executed in this session is checked on its committed figures.
 * ``--all-notebooks`` (used by ``make test``) fails the run unless every notebook in notebooks/
   was executed.
-* In a git checkout, a last test checks that the run changed no tracked file.
+* In a git checkout, a last test checks that the run changed no file git sees (with pytest-xdist,
+  ``-n 2`` as ``make test`` runs it, the controller checks it when the session ends).
+* With pytest-xdist, each notebook's cells and its claim test form one group (``--dist loadgroup``):
+  they run in order on one worker, in one kernel.
 * Speed is never checked here: run times are printed for information; ``make bench`` measures them
   against targets.
 """
@@ -50,7 +53,16 @@ _RUN = pytest.StashKey[dict]()
 
 
 def pytest_configure(config):
+    config.addinivalue_line("markers", "xdist_group(name): run these tests on one pytest-xdist worker, in order")
     config.stash[_RUN] = {"git_before": _git_status(), "results_dir": None, "owned": False, "executed": set()}
+
+
+def _is_worker(config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def _is_controller_of_workers(config) -> bool:
+    return bool(getattr(config.option, "numprocesses", None)) and not _is_worker(config)
 
 
 def _stem(item) -> str | None:
@@ -58,6 +70,7 @@ def _stem(item) -> str | None:
     return path.stem if path.suffix == ".ipynb" else None
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(session, config, items):
     """Send notebook figures to a temporary folder; put each claim test after its notebook."""
     run = config.stash[_RUN]
@@ -69,6 +82,10 @@ def pytest_collection_modifyitems(session, config, items):
     elif stems:
         run["results_dir"] = Path(os.environ["KDCOURSE_RESULTS"])
     run["executed"] = set(stems)
+    for item in items:
+        stem = _stem(item) or _claim_stem(item)
+        if stem:  # pytest-xdist --dist loadgroup: a notebook and its claims on one worker, in order
+            item.add_marker(pytest.mark.xdist_group(stem))
     last_cell = {_stem(i): i for i in items if _stem(i)}
     moved = {_claim_stem(i): i for i in items if _claim_stem(i) in last_cell}
     ordered = []
@@ -79,7 +96,7 @@ def pytest_collection_modifyitems(session, config, items):
         stem = _stem(item)
         if stem and last_cell[stem] is item and stem in moved:
             ordered.append(moved[stem])
-    if run["git_before"] is not None:
+    if run["git_before"] is not None and not _is_worker(config):
         ordered.append(CleanCheckoutItem.from_parent(session, name="test_run_changed_no_tracked_file"))
     items[:] = ordered
 
@@ -129,17 +146,23 @@ def pytest_runtest_logreport(report):
 
 def pytest_sessionfinish(session, exitstatus):
     run = session.config.stash.get(_RUN, None)
+    if run and run["owned"]:
+        if os.environ.get("KDCOURSE_KEEP_RESULTS") == "1":
+            print(f"\nthis run's notebook figures are kept in {run['results_dir']}")
+        else:
+            shutil.rmtree(run["results_dir"], ignore_errors=True)
+    if _is_worker(session.config):
+        return  # the controller sees every report and checks the whole run
+    if run and _is_controller_of_workers(session.config) and run["git_before"] is not None:
+        after = _git_status()
+        if after is not None and after != run["git_before"]:
+            _problems.append(f"the test run changed the checkout (git status --porcelain):\n{after}")
     if session.config.getoption("--all-notebooks"):
         missing = sorted(p.name for p in NOTEBOOK_DIR.glob("*.ipynb") if p.name not in _seconds)
         if missing:
             _problems.append(f"notebooks not executed: {', '.join(missing)}")
     if _problems and session.exitstatus == 0:
         session.exitstatus = 1
-    if run and run["owned"]:
-        if os.environ.get("KDCOURSE_KEEP_RESULTS") == "1":
-            print(f"\nthis run's notebook figures are kept in {run['results_dir']}")
-        else:
-            shutil.rmtree(run["results_dir"], ignore_errors=True)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

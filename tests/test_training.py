@@ -59,7 +59,7 @@ def test_fit_seed_acts_like_torch_manual_seed_and_changes_dropout_masks():
     x, y = _separable()
     loader = lambda: TensorLoader(x, y, batch_size=32, seed=5)  # noqa: E731
     by_hand = _dropout_net()
-    opt = torch.optim.Adam(by_hand.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(by_hand.parameters(), lr=1e-3, fused=True)  # fit's default optimizer
     torch.manual_seed(7)   # what fit did before it stopped touching global state
     by_hand.train()
     for xb, yb in loader():
@@ -207,3 +207,13 @@ def test_predict_and_evaluate_use_eval_mode_and_restore_the_mode(helper):
     m.eval()
     helper(m, x, y)
     assert not any(mod.training for mod in m.modules())
+
+
+def test_fit_uses_fused_adam_on_cpu_and_plain_adam_matches_it_closely():
+    x, y = _separable()
+    fused_model, plain_model = _dropout_net(), _dropout_net()
+    kd.fit(fused_model, TensorLoader(x, y, batch_size=32, seed=1), epochs=2, seed=3, progress=False)
+    plain = torch.optim.Adam(plain_model.parameters(), lr=1e-3)
+    kd.fit(plain_model, TensorLoader(x, y, batch_size=32, seed=1), epochs=2, seed=3, progress=False, optimizer=plain)
+    for a, b in zip(fused_model.parameters(), plain_model.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)  # same update rule, fused kernel
