@@ -92,3 +92,10 @@ def test_cache_lock_makes_a_second_builder_wait(tmp_path):
     t.join()
     assert order == ["first done", "second entered"]
     assert (tmp_path / "teacher.pt.lock").exists()
+
+
+def test_results_path_names_the_notebook_file_and_rejects_other_names(tmp_path):
+    assert kd.results.results_path("05_pruning", tmp_path) == tmp_path / "05_pruning.json"
+    for bad in ("05_pruning.ipynb", "pruning", "5_pruning"):
+        with pytest.raises(ValueError, match="notebook stem"):
+            kd.results.results_path(bad, tmp_path)
