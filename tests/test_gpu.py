@@ -43,3 +43,22 @@ def test_ptq_of_a_cuda_model_runs_on_the_gpu_and_is_int8_close_to_fp32():
     with torch.no_grad():
         out, ref = q(x), model(x)
     assert out.is_cuda and float((out - ref).abs().max()) <= 0.05 * float(ref.abs().max())
+
+
+def test_class_bias_for_share_works_on_gpu_logits():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(200, 5, generator=g)
+    d_cpu = kd.losses.class_bias_for_share(logits, 2, 0.3)
+    d_gpu = kd.losses.class_bias_for_share(logits.cuda(), 2, 0.3)
+    assert abs(d_cpu - d_gpu) < 1e-3
+
+
+def test_taylor_scores_and_filter_pruning_stay_on_the_gpu():
+    from kdcourse import pruning
+    model = kd.build_model("cnn", (1, 28, 28), width=4, seed=0).cuda()
+    x, y = torch.randn(16, 1, 28, 28, device="cuda"), torch.randint(0, 10, (16,), device="cuda")
+    scores = pruning.taylor_scores(model, [(x, y)], n_batches=1)
+    assert all(s.device.type == "cuda" for s in scores.values())
+    small = pruning.l1_prune_conv_block(model, 0, 0.5)
+    assert all(p.device.type == "cuda" for p in small.parameters())
+    assert small(x).shape == (16, 10)
