@@ -35,7 +35,7 @@ lab: $(STAMP)
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	env -u KDCOURSE_RESULTS KDCOURSE_PROFILE=fast KDCOURSE_THREADS=$${KDCOURSE_THREADS:-$(if $(filter 0,$(TEST_WORKERS)),2,1)} \
-		$(PY) -m pytest tests notebooks --all-notebooks $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)
+		$(PY) -m pytest tests notebooks --all-notebooks $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 unit: $(STAMP)
 	$(PY) -m pytest tests

@@ -3,20 +3,22 @@
 * Notebooks under test record their figures into a temporary folder: ``KDCOURSE_RESULTS`` is set
   in this process before the first kernel starts, and kernels inherit it. The committed
   ``data/results/*.json`` change only through ``make notebooks``.
-* Each notebook's recorded claims (``tests/test_recorded_results.py::test_claims[<stem>]``) run
-  right after that notebook's last cell, on the figures it has just written. A notebook that was
-  not executed in this session is checked on its committed figures.
+* Each notebook's recorded claims (tests/claims.py) are checked right after its last cell, on the
+  figures it has just written, by an extra item of the notebook: ``notebooks/<stem>.ipynb::claims``.
+  Being part of the notebook's file, it runs in the same pytest-xdist work unit
+  (``--dist loadfile``, as ``make test`` runs it), after the cells. Notebooks not executed in a
+  session are checked on their committed figures (tests/test_recorded_results.py).
 * ``--all-notebooks`` (used by ``make test``) fails the run unless every notebook in notebooks/
   was executed.
-* In a git checkout, a last test checks that the run changed no file git sees (with pytest-xdist,
-  ``-n 2`` as ``make test`` runs it, the controller checks it when the session ends).
-* With pytest-xdist, each notebook's cells and its claim test form one group (``--dist loadgroup``):
-  they run in order on one worker, in one kernel.
+* In a git checkout the run must leave ``git status`` as it found it: a last test checks it
+  (with pytest-xdist, the controller checks it when the session ends).
 * Speed is never checked here: run times are printed for information; ``make bench`` measures them
   against targets.
 """
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -29,7 +31,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent
 NOTEBOOK_DIR = ROOT / "notebooks"
 COMMITTED_RESULTS = ROOT / "data" / "results"
-CLAIMS_TEST = "tests/test_recorded_results.py::test_claims"
+_RUN = pytest.StashKey[dict]()
 _seconds: dict[str, float] = defaultdict(float)
 _problems: list[str] = []
 
@@ -49,20 +51,8 @@ def _git_status() -> str | None:
     return out.stdout if out.returncode == 0 else None
 
 
-_RUN = pytest.StashKey[dict]()
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "xdist_group(name): run these tests on one pytest-xdist worker, in order")
-    config.stash[_RUN] = {"git_before": _git_status(), "results_dir": None, "owned": False, "executed": set()}
-
-
 def _is_worker(config) -> bool:
     return hasattr(config, "workerinput")
-
-
-def _is_controller_of_workers(config) -> bool:
-    return bool(getattr(config.option, "numprocesses", None)) and not _is_worker(config)
 
 
 def _stem(item) -> str | None:
@@ -70,9 +60,20 @@ def _stem(item) -> str | None:
     return path.stem if path.suffix == ".ipynb" else None
 
 
-@pytest.hookimpl(tryfirst=True)
+def _claims():
+    """The CLAIMS table of tests/claims.py (loaded by path: tests/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("kdcourse_test_claims", ROOT / "tests" / "claims.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def pytest_configure(config):
+    config.stash[_RUN] = {"git_before": _git_status(), "results_dir": None, "owned": False, "executed": set()}
+
+
 def pytest_collection_modifyitems(session, config, items):
-    """Send notebook figures to a temporary folder; put each claim test after its notebook."""
+    """Send notebook figures to a temporary folder; add each notebook's claims after its last cell."""
     run = config.stash[_RUN]
     stems = [s for s in dict.fromkeys(_stem(i) for i in items) if s]
     if stems and not os.environ.get("KDCOURSE_RESULTS"):
@@ -82,39 +83,22 @@ def pytest_collection_modifyitems(session, config, items):
     elif stems:
         run["results_dir"] = Path(os.environ["KDCOURSE_RESULTS"])
     run["executed"] = set(stems)
-    for item in items:
-        stem = _stem(item) or _claim_stem(item)
-        if stem:  # pytest-xdist --dist loadgroup: a notebook and its claims on one worker, in order
-            item.add_marker(pytest.mark.xdist_group(stem))
+    has_claims = (ROOT / "tests" / "claims.py").exists()
     last_cell = {_stem(i): i for i in items if _stem(i)}
-    moved = {_claim_stem(i): i for i in items if _claim_stem(i) in last_cell}
     ordered = []
     for item in items:
-        if item in moved.values():
-            continue  # re-inserted right after its notebook's last cell
         ordered.append(item)
         stem = _stem(item)
-        if stem and last_cell[stem] is item and stem in moved:
-            ordered.append(moved[stem])
+        if has_claims and stem and last_cell[stem] is item:
+            ordered.append(ClaimsItem.from_parent(item.parent, name="claims", stem=stem))
     if run["git_before"] is not None and not _is_worker(config):
         ordered.append(CleanCheckoutItem.from_parent(session, name="test_run_changed_no_tracked_file"))
     items[:] = ordered
 
 
-def _claim_stem(item) -> str | None:
-    """The notebook stem of a `test_claims[<stem>]` item, else None."""
-    if not item.nodeid.startswith(CLAIMS_TEST) or not hasattr(item, "callspec"):
-        return None
-    return item.callspec.params.get("stem")
-
-
 @pytest.fixture
 def results_source(request):
-    """Function stem -> (folder with that notebook's figures for this run, whether it ran in this run).
-
-    A notebook executed in this session is checked on the figures it has just written (a temporary
-    folder); otherwise on the committed ``data/results``.
-    """
+    """Function stem -> (folder with that notebook's figures for this run, whether it ran in this run)."""
     run = request.config.stash[_RUN]
 
     def source(stem: str) -> tuple[Path, bool]:
@@ -122,6 +106,26 @@ def results_source(request):
             return run["results_dir"], True
         return COMMITTED_RESULTS, False
     return source
+
+
+class ClaimsItem(pytest.Item):
+    """A notebook's recorded claims (tests/claims.py), checked on the figures this run just wrote."""
+
+    def __init__(self, *, stem: str, **kwargs):
+        super().__init__(**kwargs)
+        self.stem = stem
+
+    def runtest(self):
+        path = self.config.stash[_RUN]["results_dir"] / f"{self.stem}.json"
+        if not path.exists():
+            raise AssertionError(f"{self.stem}.ipynb recorded no figures in this run ({path} is missing)")
+        claims = _claims()
+        if self.stem not in claims.CLAIMS:
+            raise AssertionError(f"{self.stem}.ipynb has no claims in tests/claims.py")
+        claims.check(self.stem, json.loads(path.read_text()), "this run of the notebook")
+
+    def reportinfo(self):
+        return self.path, None, f"claims of {self.stem} on this run's figures"
 
 
 class CleanCheckoutItem(pytest.Item):
@@ -153,8 +157,8 @@ def pytest_sessionfinish(session, exitstatus):
             shutil.rmtree(run["results_dir"], ignore_errors=True)
     if _is_worker(session.config):
         return  # the controller sees every report and checks the whole run
-    if run and _is_controller_of_workers(session.config) and run["git_before"] is not None:
-        after = _git_status()
+    if run and getattr(session.config.option, "numprocesses", None) and run["git_before"] is not None:
+        after = _git_status()  # with xdist the controller collects nothing: check here
         if after is not None and after != run["git_before"]:
             _problems.append(f"the test run changed the checkout (git status --porcelain):\n{after}")
     if session.config.getoption("--all-notebooks"):

@@ -1,0 +1,74 @@
+"""Each notebook's recorded claims: the figures it must record and what they must satisfy.
+
+Used twice: by the root conftest.py, which runs a notebook's claims right after that notebook
+ran under ``make test`` (on the figures it has just written), and by tests/test_recorded_results.py,
+which checks the committed ``data/results`` (``make unit``). Speed figures are not claims here:
+``make bench`` checks them. Every key a check reads is in its `required` list.
+"""
+
+
+def _claims_00(r):
+    assert r["mnist_teacher_acc"] > r["mnist_student_acc"] and r["mnist1d_teacher_acc"] > r["mnist1d_student_acc"]
+
+
+def _claims_01(r):
+    assert r["transfer_kd_acc"] >= r["transfer_scratch_acc"] + 8
+    assert r["transfer_kd_acc"] >= 0.9 * r["transfer_oracle_acc"]
+    assert r["omitted_ce_class_acc"] < 1 and r["omitted_kd_corrected_class_acc"] >= 85
+
+
+def _claims_02(r):
+    assert r["mnist1d_fitnets_acc"] >= r["mnist1d_scratch_acc"] + 5
+
+
+def _claims_03(r):
+    assert r["rkd_recall1"] > r["scratch_recall1"] and r["teacher_recall1"] > r["rkd_recall1"]
+
+
+def _claims_04(r):
+    assert r["capacity_gap_points"] >= 4
+
+
+def _claims_05(r):
+    assert r["unstructured90_acc"] >= r["dense_acc"] - 0.5
+    assert r["structured50_param_ratio"] <= 0.3  # a size: deterministic, so a test
+    assert max(r["structured50_finetune_acc"], r["structured50_kd_acc"]) >= r["dense_acc"] - 0.5
+    assert r["few_labels_kd_acc"] >= r["few_labels_finetune_acc"] + 1  # KD pays when labels are scarce
+
+
+def _claims_06(r):
+    assert abs(r["int8_acc"] - r["fp32_acc"]) <= 0.3
+    assert r["int8_size_ratio"] <= 0.3
+    gap = r["fp32_acc"] - r["ptq_low_bit_acc"]
+    assert gap >= 5, "PTQ should visibly break at the low bit width"
+    assert r["qat_low_bit_acc"] - r["ptq_low_bit_acc"] >= 0.5 * gap, "QAT should recover at least half the gap"
+
+
+# stem -> (every figure the check reads, the check)
+CLAIMS = {
+    "00_orientation": (["mnist_teacher_acc", "mnist_student_acc", "mnist1d_teacher_acc", "mnist1d_student_acc"],
+                       _claims_00),
+    "01_soft_labels": (["transfer_scratch_acc", "transfer_kd_acc", "transfer_oracle_acc", "omitted_ce_class_acc",
+                        "omitted_kd_class_acc", "omitted_kd_corrected_class_acc", "omitted_kd_corrected_other_acc",
+                        "same_set_kd_gain_pts", "same_set_kd_gain_std"], _claims_01),
+    "02_feature_distillation": (["mnist1d_scratch_acc", "mnist1d_kd_acc", "mnist1d_fitnets_acc", "mnist_scratch_acc",
+                                 "mnist_fitnets_acc", "mnist_at_acc", "mnist1d_scratch_std", "mnist1d_fitnets_std"],
+                                _claims_02),
+    "03_relation_distillation": (["scratch_recall1", "rkd_recall1", "sp_recall1", "pkt_recall1", "teacher_recall1",
+                                  "scratch_acc", "rkd_acc", "sp_acc", "pkt_acc", "teacher_acc"], _claims_03),
+    "04_teacher_assistants": (["student_scratch_acc", "student_direct_acc", "student_chain_acc",
+                               "capacity_gap_points", "student_scratch_acc_std", "student_direct_acc_std",
+                               "student_chain_acc_std"], _claims_04),
+    "05_pruning": (["dense_acc", "unstructured90_acc", "structured50_param_ratio", "structured50_finetune_acc",
+                    "structured50_kd_acc", "few_labels_kd_acc", "few_labels_finetune_acc"], _claims_05),
+    "06_quantization": (["fp32_acc", "int8_acc", "int8_size_ratio", "ptq_low_bit_acc", "qat_low_bit_acc",
+                         "qat_kd_low_bit_acc", "pt2e_x86_acc", "torchao_linear_acc", "ort_static_acc"], _claims_06),
+}
+
+
+def check(stem: str, figures: dict, where: str) -> None:
+    """Raise AssertionError naming what is missing or false for notebook `stem`'s `figures`."""
+    required, claims = CLAIMS[stem]
+    missing = [k for k in required if k not in figures]
+    assert not missing, f"{stem} ({where}): missing figures {missing}"
+    claims(figures)
