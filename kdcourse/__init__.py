@@ -4,7 +4,7 @@ Import it as ``import kdcourse as kd``. Importing has no side effects: nothing i
 downloaded, trained or written until you call a function.
 """
 from . import (benchmark, chains, data, exercises, features, hooks, losses, models, profiles, pruning,
-               quantization, relations, results, stats, teachers, training, utils)
+               quantization, relations, results, similarity, stats, teacher_outputs, teachers, training, utils)
 from .data import load_dataset, load_torchvision
 from .exercises import check
 from .hooks import capture
@@ -19,7 +19,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "benchmark", "chains", "data", "exercises", "features", "hooks", "losses", "models", "profiles",
-    "pruning", "quantization", "relations", "results", "stats", "teachers", "training", "utils", "load_dataset", "load_torchvision", "check", "capture", "build_model",
+    "pruning", "quantization", "relations", "results", "similarity", "stats", "teacher_outputs", "teachers",
+    "training", "utils", "load_dataset", "load_torchvision", "check", "capture", "build_model",
     "count_params", "model_size_bytes", "preset", "get_profile", "load_results", "record",
     "get_teacher", "evaluate", "fit", "predict", "get_device", "seed_everything",
     "set_threads", "show_source", "__version__",

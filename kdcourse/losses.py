@@ -64,12 +64,15 @@ def check_logits(student: torch.Tensor, teacher: torch.Tensor) -> None:
             raise ValueError(f"{who} logits contain NaN or inf")
 
 
-def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float = 1.0) -> torch.Tensor:
+def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float = 1.0, *,
+            mask: torch.Tensor | None = None) -> torch.Tensor:
     """Mean KL(p_teacher^T || p_student^T) per example (no T^2 factor).
 
     Shapes: (B, C) or (B, L, C) (token level: averaged over the B*L positions).
     Equals ``F.kl_div(log_softmax(s/T), softmax(t/T), reduction="batchmean")`` for (B, C).
-    The teacher logits are a fixed target (detached): no gradient reaches them.
+    mask: optional bool (B,) or (B, L) (logits.shape[:-1]), True where a row/token counts; the
+    KL is then averaged over the True positions only. The teacher logits are a fixed target
+    (detached): no gradient reaches them.
     """
     T = check_temperature(T)
     check_logits(student_logits, teacher_logits)
@@ -77,28 +80,59 @@ def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float
     c = student_logits.shape[-1]
     log_p_s = F.log_softmax(student_logits.reshape(-1, c) / T, dim=-1)
     log_p_t = F.log_softmax(teacher_logits.reshape(-1, c) / T, dim=-1)
-    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
+    if mask is None:
+        return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
+    keep = _check_mask(mask, student_logits).reshape(-1)
+    return F.kl_div(log_p_s[keep], log_p_t[keep], reduction="batchmean", log_target=True)
+
+
+def _check_mask(mask: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """mask as bool of shape logits.shape[:-1]; ValueError naming the shapes, or when nothing is kept."""
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"mask must be a bool tensor of shape {tuple(logits.shape[:-1])}, got {type(mask).__name__}")
+    if mask.shape != logits.shape[:-1]:
+        raise ValueError(f"mask {tuple(mask.shape)} must have the shape of the logits without the class "
+                         f"dim, {tuple(logits.shape[:-1])} (B,) or (B, L)")
+    mask = mask.to(device=logits.device, dtype=torch.bool)
+    if not mask.any():
+        raise ValueError("the mask selects no position (every token is masked out): nothing to average")
+    return mask
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-            targets: torch.Tensor | None = None, *, T: float = 4.0, alpha: float = 0.5) -> torch.Tensor:
+            targets: torch.Tensor | None = None, *, T: float = 4.0, alpha: float = 0.5,
+            mask: torch.Tensor | None = None) -> torch.Tensor:
     """Hinton et al. (2015) distillation loss.
 
         L = alpha * CE(targets, s) + (1 - alpha) * T^2 * KL(softmax(t/T) || softmax(s/T))
 
-    Shapes: logits (B, C) with targets (B,), or (B, L, C) with targets (B, L). Targets equal
-    to -100 are ignored (unlabeled examples). KL uses "batchmean"; T^2 keeps the soft
-    gradients on the scale of the hard ones as T grows. The teacher logits are a fixed target
-    (detached), as in every loss of the course. Paper: "Distilling the Knowledge in a Neural
-    Network", Hinton, Vinyals & Dean, 2015.
+    Shapes: logits (B, C) with targets (B,), or (B, L, C) with targets (B, L). KL uses
+    "batchmean"; T^2 keeps the soft gradients on the scale of the hard ones as T grows. The
+    teacher logits are a fixed target (detached), as in every loss of the course.
+    Targets equal to -100 carry no label and get no CE term. Which positions count:
+
+    * (B, C): every row gets the KL term, -100 rows included (unlabeled examples of a
+      transfer set are distilled, as in notebook 01);
+    * (B, L, C): tokens whose target is -100 (padding, prompts) are left out of *both*
+      terms, and each term is the mean over the remaining tokens;
+    * ``mask`` (bool, logits.shape[:-1], True = counts) overrides that default: both terms
+      are averaged over the masked-in positions (CE also skips -100 targets among them).
+
+    Paper: "Distilling the Knowledge in a Neural Network", Hinton, Vinyals & Dean, 2015.
     """
     alpha, T = _check_alpha(alpha), check_temperature(T)
     teacher_logits = teacher_logits.detach()
-    soft = soft_kl(student_logits, teacher_logits, T) * T * T
+    token_level = student_logits.dim() == 3 and targets is not None and targets.shape == student_logits.shape[:-1]
+    if mask is None and token_level:
+        mask = targets != -100   # token level: padding never distilled
+    soft = soft_kl(student_logits, teacher_logits, T, mask=mask) * T * T
     if alpha == 0.0:
         return soft
     if targets is None:
         raise ValueError("alpha > 0 needs targets for the hard-label loss; pass alpha=0 for unlabeled data")
+    if mask is not None:
+        targets = targets.masked_fill(~_check_mask(mask, student_logits), -100) \
+            if targets.shape == student_logits.shape[:-1] else targets
     hard = _cross_entropy(student_logits, targets)
     return hard if alpha == 1.0 else alpha * hard + (1.0 - alpha) * soft
 
@@ -125,6 +159,9 @@ class CE(nn.Module):
 class KD(nn.Module):
     """Hinton KD as a loss for `fit`; see `kd_loss`. ``T`` may be changed between epochs.
 
+    For token-level logits (B, L, C) the targets' -100 positions are left out of both terms
+    (see `kd_loss`); ``mask`` may also be passed when calling the loss directly.
+
     A bad ``T`` or ``alpha`` raises at construction (and at each call, after a change).
     """
 
@@ -134,10 +171,10 @@ class KD(nn.Module):
         _check_alpha(alpha)
         self.T, self.alpha = T, alpha
 
-    def forward(self, student_out, teacher_out, targets=None, features=None):
+    def forward(self, student_out, teacher_out, targets=None, features=None, mask=None):
         if teacher_out is None:
             raise ValueError("KD needs a teacher: pass teacher=... to fit")
-        return kd_loss(student_out, teacher_out, targets, T=self.T, alpha=self.alpha)
+        return kd_loss(student_out, teacher_out, targets, T=self.T, alpha=self.alpha, mask=mask)
 
     def extra_repr(self) -> str:
         return f"T={self.T}, alpha={self.alpha}"

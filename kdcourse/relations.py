@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .features import _feature
+from .features import _check_layout, _feature, _token_mask, pool_tokens
 from .hooks import capture
 from .losses import CE
 from .utils import eval_mode
@@ -113,21 +113,28 @@ class Relational(nn.Module):
     (features.student[student_layer], features.teacher[teacher_layer]). Weights of 0 skip a term.
     A layer that was not captured raises KeyError naming it: pass the same names to
     ``fit(student_layers=[...], teacher_layers=[...])``. Introduced in notebook 03.
+    layout="channels_last": the layers give hidden states (B, L, D), mean-pooled over the tokens
+    (`kdcourse.features.pool_tokens`) before the relations; tokens whose target is -100 are left
+    out of the pooling when the targets are (B, L).
     """
 
     def __init__(self, *, student_layer: str = "embed", teacher_layer: str = "embed", w_dist: float = 0.0,
                  w_angle: float = 0.0, w_sp: float = 0.0, w_pkt: float = 0.0, max_anchors: int | None = None,
-                 base: nn.Module | None = CE()):
+                 base: nn.Module | None = CE(), layout: str = "channels_first"):
         super().__init__()
         if not any((w_dist, w_angle, w_sp, w_pkt)):
             raise ValueError("Relational needs at least one non-zero weight (w_dist, w_angle, w_sp, w_pkt)")
-        self.student_layer, self.teacher_layer, self.base = student_layer, teacher_layer, base
+        _check_layout(layout)
+        self.student_layer, self.teacher_layer, self.base, self.layout = student_layer, teacher_layer, base, layout
         self.w = {"dist": w_dist, "angle": w_angle, "sp": w_sp, "pkt": w_pkt}
         self.max_anchors = max_anchors
 
     def forward(self, student_out, teacher_out, targets, features):
         s = _feature(features.student, self.student_layer, "student", "Relational")
         t = _feature(features.teacher, self.teacher_layer, "teacher", "Relational")
+        if self.layout == "channels_last":
+            mask = _token_mask(targets, s, self.layout)
+            s, t = pool_tokens(s, mask), pool_tokens(t, mask)
         terms = {"dist": lambda: rkd_distance_loss(s, t), "sp": lambda: sp_loss(s, t), "pkt": lambda: pkt_loss(s, t),
                  "angle": lambda: rkd_angle_loss(s, t, max_anchors=self.max_anchors)}
         loss = sum(w * terms[k]() for k, w in self.w.items() if w)

@@ -109,3 +109,55 @@ def test_public_functions_have_docstrings():
                 if (inspect.isfunction(obj) or inspect.isclass(obj)) and not inspect.getdoc(obj):
                     missing.append(f"{modname}.{name}")
     assert not missing, missing
+
+
+class _TupleBlock(nn.Module):
+    """A block that returns (hidden, extra), like a transformer layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x):
+        h = self.lin(x)
+        return h, {"attn": h.sum(-1)}
+
+
+class _Out(dict):
+    """A Hugging Face-like output: a dict whose keys are also attributes."""
+    __getattr__ = dict.__getitem__
+
+
+def test_capture_select_picks_the_tensor_from_tuples_dicts_and_output_objects():
+    net = nn.Sequential(_TupleBlock())
+    x = torch.randn(2, 3, 4)
+    with kd.capture(net, ["0"], select=0) as feats:
+        h, _ = net(x)
+    torch.testing.assert_close(feats["0"], h)
+    with kd.capture(net, ["0"], select={"0": lambda out: out[1]["attn"]}) as feats:
+        net(x)
+    torch.testing.assert_close(feats["0"], h.sum(-1))
+    out = _Out(last_hidden_state=h)
+    assert kd.hooks.select_output(out, "last_hidden_state") is h
+    assert kd.hooks.select_output(_Named(h), "hidden") is h
+    with kd.capture(net, ["0"]) as feats:   # default: the raw output, as before
+        net(x)
+    assert isinstance(feats["0"], tuple)
+
+
+class _Named:
+    def __init__(self, hidden):
+        self.hidden = hidden
+
+
+@pytest.mark.parametrize("select, match", [(5, "returned a tuple of length 2"), ("hidden", "returned a tuple"),
+                                           (1, "picked a dict")])
+def test_capture_select_names_the_output_type_when_it_cannot_pick(select, match):
+    net = nn.Sequential(_TupleBlock())
+    with pytest.raises(TypeError, match=match), kd.capture(net, ["0"], select=select):
+        net(torch.randn(2, 3, 4))
+    assert all(not m._forward_hooks for m in net.modules())
+    with pytest.raises(TypeError, match="returned a Tensor"):
+        kd.hooks.select_output(torch.zeros(2), 0, "layer 'x'")
+    with pytest.raises(KeyError, match="not captured"), kd.capture(net, ["0"], select={"1": 0}):
+        pass

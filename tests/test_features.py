@@ -221,3 +221,136 @@ def test_capture_on_a_course_model_matches_output_and_releases_hooks():
     with pytest.raises(KeyError, match="unknown layer name.*'blocks.7'.*valid names: blocks"):
         with kd.capture(m, ["blocks.7"]):
             pass
+
+
+# ------------------------------------------------ hidden states (B, L, D): layout="channels_last", masks
+def test_channels_last_regressor_is_a_linear_on_d_and_rejects_mismatched_lengths():
+    reg = make_regressor((6, 8), (6, 12), layout="channels_last")
+    assert isinstance(reg, nn.Linear) and (reg.in_features, reg.out_features) == (8, 12)
+    assert reg(_r(2, 6, 8)).shape == (2, 6, 12)
+    with pytest.raises(ValueError, match="channels_last"):
+        make_regressor((6, 8), (5, 12), layout="channels_last")
+    with pytest.raises(ValueError, match="equal spatial sizes"):   # channels-first reading of the same shapes
+        make_regressor((6, 8), (6, 12))
+    with pytest.raises(ValueError, match="layout must be one of"):
+        make_regressor((6, 8), (6, 12), layout="NLC")
+    assert kd.features.LAYOUTS == ("channels_first", "channels_last")
+
+
+def test_masked_hint_loss_ignores_padding_and_cosine_is_scale_free():
+    r, t = _r(2, 5, 4), _r(2, 5, 4, seed=1)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    want = (r[mask] - t[mask]).pow(2).mean()
+    got = hint_loss(r, t, mask=mask, layout="channels_last")
+    torch.testing.assert_close(got, want)
+    r2 = r.clone()
+    r2[0, 3:] = 1e3                                                        # padded positions
+    torch.testing.assert_close(hint_loss(r2, t, mask=mask, layout="channels_last"), got)
+    cos = hint_loss(r, t, kind="cosine", layout="channels_last", mask=mask)
+    torch.testing.assert_close(hint_loss(3.0 * r, t, kind="cosine", layout="channels_last", mask=mask), cos)
+    torch.testing.assert_close(cos, (1 - F.cosine_similarity(r, t, dim=-1))[mask].mean())
+    assert hint_loss(r, 2.0 * r, kind="cosine", layout="channels_last").item() == pytest.approx(0.0, abs=1e-6)
+    # channels_first cosine is over dim 1: the same as channels_last on the transposed maps
+    torch.testing.assert_close(hint_loss(r.transpose(1, 2), t.transpose(1, 2), kind="cosine"),
+                               hint_loss(r, t, kind="cosine", layout="channels_last"))
+    with pytest.raises(ValueError, match="selects no position"):
+        hint_loss(r, t, mask=torch.zeros(2, 5, dtype=torch.bool), layout="channels_last")
+    with pytest.raises(ValueError, match="kind must be"):
+        hint_loss(r, t, kind="l1")
+
+
+def test_fitnets_on_hidden_states_leaves_out_the_tokens_whose_target_is_minus_100():
+    fs, ft = _r(2, 5, 4), _r(2, 5, 6, seed=1)
+    y = torch.tensor([[1, 2, 3, -100, -100], [0, 1, 2, 3, 4]])
+    loss = FitNets((5, 4), (5, 6), student_layer="a", teacher_layer="b", base=None, layout="channels_last",
+                   kind="cosine")
+    assert isinstance(loss.regressor, nn.Linear)
+    got = loss(None, None, y, Features({"a": fs}, {"b": ft}))
+    ft2 = ft.clone()
+    ft2[0, 3:] = -7.0
+    torch.testing.assert_close(loss(None, None, y, Features({"a": fs}, {"b": ft2})), got)
+    keep = y != -100
+    torch.testing.assert_close(got, (1 - F.cosine_similarity(loss.regressor(fs), ft, dim=-1))[keep].mean())
+
+
+def test_channels_last_attention_equals_channels_first_on_permuted_maps_and_masks_padding():
+    f = _r(2, 3, 4, 5)                                                    # (B, C, H, W)
+    torch.testing.assert_close(attention_map(f.permute(0, 2, 3, 1), layout="channels_last"), attention_map(f))
+    h, g = _r(2, 6, 8), _r(2, 6, 3, seed=1)                               # (B, L, D) with different D
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1] * 6], dtype=torch.bool)
+    base = attention_loss(h, g, layout="channels_last", mask=mask)
+    h2 = h.clone()
+    h2[0, 4:] *= 50
+    torch.testing.assert_close(attention_loss(h2, g, layout="channels_last", mask=mask), base)
+    assert attention_loss(h2, g, layout="channels_last") != attention_loss(h, g, layout="channels_last")
+    at = AttentionTransfer([("a", "b")], base=None, beta=2.0, layout="channels_last")
+    y = torch.where(mask, 1, -100)
+    torch.testing.assert_close(at(None, None, y, Features({"a": h2}, {"b": g})), 2.0 * base)
+
+
+def test_pool_tokens_is_the_mean_over_kept_positions():
+    h = _r(2, 4, 3)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    pooled = kd.features.pool_tokens(h, mask)
+    torch.testing.assert_close(pooled[0], h[0, :2].mean(0))
+    torch.testing.assert_close(pooled[1], h[1].mean(0))
+    torch.testing.assert_close(kd.features.pool_tokens(h), h.mean(1))
+    with pytest.raises(ValueError, match="no kept position"):
+        kd.features.pool_tokens(h, torch.tensor([[0, 0, 0, 0], [1, 1, 1, 1]], dtype=torch.bool))
+
+
+def test_a_tuple_feature_is_named_with_a_hint_to_select():
+    loss = FitNets((4,), (4,), student_layer="a", teacher_layer="b", base=None, regressor=False)
+    with pytest.raises(TypeError, match="feature 'a' is a tuple.*select"):
+        loss(None, None, None, Features({"a": (_r(2, 4), None)}, {"b": _r(2, 4)}))
+
+
+# ---------------------------------------------------------------------------------- CKA that scales
+def test_linear_cka_kernel_form_equals_the_feature_form():
+    x, y = _r(30, 7), _r(30, 3, 2, seed=1) + 0.5 * _r(30, 7, seed=2)[:, :6].reshape(30, 3, 2)
+    for a, b in ((x, y), (x, x @ _r(7, 7, seed=3)), (x, _r(30, 40, seed=4))):
+        torch.testing.assert_close(linear_cka(a, b, form="kernel"), linear_cka(a, b, form="features"))
+    wide = _r(8, 5000)                                                   # 5000^2 numbers: auto picks the kernel form
+    torch.testing.assert_close(linear_cka(wide, wide[:, :100]), linear_cka(wide, wide[:, :100], form="kernel"))
+    with pytest.raises(ValueError, match="form must be"):
+        linear_cka(x, x, form="gram")
+
+
+def test_hsic_unbiased_equals_the_u_statistic_over_distinct_quadruples():
+    import itertools
+    x, y = _r(6, 3).double(), _r(6, 2, seed=1).double()
+    k, l_ = x @ x.T, y @ y.T
+    total = sum(k[i, j] * l_[i, j] + k[i, j] * l_[q, r] - 2 * k[i, j] * l_[i, q]
+                for i, j, q, r in itertools.permutations(range(6), 4))
+    torch.testing.assert_close(kd.features.hsic_unbiased(k, l_), total / (6 * 5 * 4 * 3))
+    with pytest.raises(ValueError, match="n >= 4"):
+        kd.features.hsic_unbiased(k[:3, :3], l_[:3, :3])
+
+
+def test_minibatch_cka_removes_the_bias_of_wide_random_features():
+    x, y = _r(400, 300), _r(400, 300, seed=1)                            # independent: population CKA = 0
+    biased = float(linear_cka(x, y))
+    acc = kd.features.MinibatchCKA()
+    for i in range(0, 400, 50):
+        acc.update(x[i:i + 50], y[i:i + 50])
+    assert biased > 0.3 and abs(acc.value()) < 0.05
+    same = kd.features.MinibatchCKA()
+    same.update(x[:50], 2.0 * x[:50] @ torch.linalg.qr(_r(300, 300, seed=2))[0])
+    assert same.value() == pytest.approx(1.0, abs=1e-6)                  # orthogonal map and scale
+    with pytest.raises(ValueError, match="no batch"):
+        kd.features.MinibatchCKA().value()
+
+
+def test_cka_matrix_in_batches_is_minibatch_cka_of_the_captured_features():
+    a, b = kd.build_model("cnn", (1, 28, 28), width=4, seed=0).eval(), kd.build_model("mlp", (1, 28, 28), seed=1).eval()
+    x = _r(42, 1, 28, 28)                                       # batches of 20, 20; the last 2 rows are left out
+    mat = cka_matrix(a, b, x, ["blocks.1", "head"], ["embed"], batch_size=20)
+    acc = kd.features.MinibatchCKA()
+    for i in (0, 20):
+        with torch.no_grad(), kd.capture(a, ["blocks.1"]) as fa, kd.capture(b, ["embed"]) as fb:
+            a(x[i:i + 20]), b(x[i:i + 20])
+        acc.update(fa["blocks.1"], fb["embed"])
+    assert mat.shape == (2, 1) and mat[0, 0].item() == pytest.approx(acc.value(), rel=1e-5)
+    assert cka_matrix(a, a, x, ["head"], ["head"], batch_size=10)[0, 0].item() == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(ValueError, match="batch_size must be >= 4"):
+        cka_matrix(a, b, x, ["head"], ["embed"], batch_size=3)

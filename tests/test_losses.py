@@ -211,3 +211,51 @@ def test_check_logits_accepts_matching_finite_logits():
 def test_bad_input_errors(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+# ---------------------------------------------------------------- token-level KD with a padding mask
+def _tokens(seed=0, b=3, length=6, c=7):
+    s, t = _logits(b, length, c, seed=seed), _logits(b, length, c, seed=seed + 1)
+    y = torch.randint(0, c, (b, length), generator=torch.Generator().manual_seed(seed + 2))
+    y[0, 4:], y[2, 1:] = -100, -100                                       # padding
+    return s, t, y
+
+
+def test_token_kd_leaves_padding_out_of_both_terms_and_averages_over_real_tokens():
+    s, t, y = _tokens()
+    keep = y != -100
+    for alpha in (0.0, 0.3, 1.0):
+        got = kd_loss(s, t, y, T=2.0, alpha=alpha)
+        ce = F.cross_entropy(s[keep], y[keep])
+        kl = F.kl_div(F.log_softmax(s[keep] / 2, -1), F.softmax(t[keep] / 2, -1), reduction="batchmean") * 4
+        torch.testing.assert_close(got, alpha * ce + (1 - alpha) * kl)
+    # changing the logits at padded positions changes nothing
+    s2, t2 = s.clone(), t.clone()
+    s2[~keep], t2[~keep] = 100.0 * torch.randn_like(s2[~keep]), -50.0
+    torch.testing.assert_close(kd_loss(s2, t2, y, T=2.0, alpha=0.5), kd_loss(s, t, y, T=2.0, alpha=0.5))
+    torch.testing.assert_close(kd.losses.KD(T=2.0, alpha=0.5)(s2, t2, y), kd_loss(s, t, y, T=2.0, alpha=0.5))
+
+
+def test_explicit_mask_overrides_and_the_course_default_for_classifiers_is_kept():
+    s, t, y = _tokens(seed=3)
+    mask = torch.zeros_like(y, dtype=torch.bool)
+    mask[1] = True                                                        # only sequence 1 counts
+    want = kd_loss(s[1:2], t[1:2], y[1:2], T=3.0, alpha=0.4)
+    torch.testing.assert_close(kd_loss(s, t, y, T=3.0, alpha=0.4, mask=mask), want)
+    torch.testing.assert_close(soft_kl(s, t, 3.0, mask=mask), soft_kl(s[1:2], t[1:2], 3.0))
+    # (B, C): an unlabeled row (-100) still gets the soft term (transfer sets, notebook 01)
+    s2, t2 = _logits(4, 5), _logits(4, 5, seed=9)
+    y2 = torch.tensor([1, -100, 3, -100])
+    torch.testing.assert_close(kd_loss(s2, t2, y2, T=2.0, alpha=0.0), 4 * soft_kl(s2, t2, 2.0))
+    row_mask = torch.tensor([True, False, True, True])
+    want = 4 * soft_kl(s2[row_mask], t2[row_mask], 2.0)
+    torch.testing.assert_close(kd_loss(s2, t2, T=2.0, alpha=0.0, mask=row_mask), want)
+
+
+@pytest.mark.parametrize("mask, match", [(torch.ones(3, 5, dtype=torch.bool), "shape of the logits"),
+                                         (torch.zeros(3, 6, dtype=torch.bool), "selects no position"),
+                                         ([[True]], "bool tensor")])
+def test_bad_masks_are_named(mask, match):
+    s, t, y = _tokens()
+    with pytest.raises((ValueError, TypeError), match=match):
+        kd_loss(s, t, y, T=2.0, alpha=0.5, mask=mask)

@@ -175,3 +175,18 @@ def test_embed_runs_in_eval_mode_and_restores_the_mode():
     m.eval()
     embed(m, _r(16, 1, 40))
     assert not any(mod.training for mod in m.modules())
+
+
+def test_relational_on_hidden_states_pools_the_real_tokens_and_ignores_padding():
+    s, t = _r(4, 5, 6), _r(4, 5, 3, seed=1)
+    y = torch.tensor([[1, 2, -100, -100, -100], [1, 2, 3, 4, 5], [1, -100, -100, -100, -100], [1, 2, 3, -100, -100]])
+    rel = Relational(w_dist=1.0, w_angle=0.5, base=None, layout="channels_last")
+    got = rel(None, None, y, Features({"embed": s}, {"embed": t}))
+    keep = (y != -100).float()[..., None]
+    ps, pt = (s * keep).sum(1) / keep.sum(1), (t * keep).sum(1) / keep.sum(1)
+    torch.testing.assert_close(got, rkd_distance_loss(ps, pt) + 0.5 * rkd_angle_loss(ps, pt))
+    s2 = s.clone()
+    s2[y == -100] = 99.0                                                   # padded hidden states
+    torch.testing.assert_close(rel(None, None, y, Features({"embed": s2}, {"embed": t})), got)
+    with pytest.raises(ValueError, match="layout must be one of"):
+        Relational(w_dist=1.0, layout="tokens")

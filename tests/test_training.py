@@ -217,3 +217,64 @@ def test_fit_uses_fused_adam_on_cpu_and_plain_adam_matches_it_closely():
     kd.fit(plain_model, TensorLoader(x, y, batch_size=32, seed=1), epochs=2, seed=3, progress=False, optimizer=plain)
     for a, b in zip(fused_model.parameters(), plain_model.parameters()):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)  # same update rule, fused kernel
+
+
+# --------------------------------------------------------------- batches of any form, AMP, clipping, LR schedule
+def test_fit_with_dict_batches_through_the_hooks_equals_the_tuple_path():
+    x, y = _separable()
+    teacher = kd.build_model("mlp", (1, 8), width=32, n_classes=3, seed=0).eval()
+    dicts = [{"inputs": {"x": xb}, "labels": yb} for xb, yb in TensorLoader(x, y, batch_size=32, seed=4)]
+    models = []
+    for loader, hooks in ((TensorLoader(x, y, batch_size=32, seed=4), {}),
+                          (dicts, {"forward": lambda m, b: m(b["inputs"]["x"]), "targets": lambda b: b["labels"]})):
+        s = kd.build_model("mlp", (1, 8), width=4, n_classes=3, seed=0)
+        h = kd.fit(s, loader, epochs=1, teacher=teacher, loss_fn=kd.losses.KD(T=2, alpha=0.5), progress=False,
+                   test=dicts if hooks else None, **hooks)
+        models.append(s)
+    for a, b in zip(*(m.parameters() for m in models)):
+        torch.testing.assert_close(a, b)
+    assert h.test_acc[0] == pytest.approx(kd.evaluate(models[0], (x, y)))
+    with pytest.raises(TypeError, match="dict batch: pass forward="):
+        kd.fit(kd.build_model("mlp", (1, 8), n_classes=3), dicts, epochs=1, progress=False)
+
+
+def test_evaluate_with_hooks_counts_only_tokens_whose_target_is_not_minus_100():
+    model = nn.Identity()
+    logits = torch.tensor([[[0.0, 1.0], [1.0, 0.0], [1.0, 0.0]]])          # predicts 1, 0, 0
+    y = torch.tensor([[1, 1, -100]])
+    batches = [{"logits": logits, "y": y}]
+    acc = kd.evaluate(model, batches, device="cpu", forward=lambda m, b: m(b["logits"]), targets=lambda b: b["y"])
+    assert acc == pytest.approx(50.0)
+    torch.testing.assert_close(kd.predict(model, batches, device="cpu", forward=lambda m, b: m(b["logits"])), logits)
+
+
+def test_clipping_scheduler_and_amp_are_off_by_default_and_act_when_given():
+    x, y = _separable()
+    run = lambda **kw: [p.detach().clone() for p in  # noqa: E731
+                        _fit_sgd(x, y, **kw).parameters()]
+    plain = run()
+    constant = lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)  # noqa: E731
+    for a, b in zip(plain, run(clip_grad_norm=1e9, scheduler=constant)):
+        torch.testing.assert_close(a, b)                                   # no-op settings: the plain path
+    start = [p.detach().clone() for p in _sgd_net().parameters()]
+    frozen = run(scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.0))
+    assert all(torch.equal(a, b) for a, b in zip(start, frozen))           # LR 0 from the first step
+    clipped = run(clip_grad_norm=1e-3)                                     # 8 SGD steps of lr 1, each of norm <= 1e-3
+    step = torch.cat([(a - b).flatten() for a, b in zip(clipped, start)]).norm().item()
+    assert 0 < step <= 8e-3 + 1e-6
+    bf16 = run(amp=True)
+    assert all(torch.isfinite(p).all() for p in bf16) and any(not torch.equal(a, b) for a, b in zip(bf16, plain))
+    with pytest.raises(ValueError, match="amp must be"):
+        run(amp="fp8")
+
+
+def _sgd_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+
+
+def _fit_sgd(x, y, **kw):
+    m = _sgd_net()
+    kd.fit(m, TensorLoader(x, y, batch_size=32, seed=1), epochs=1, progress=False,
+           optimizer=torch.optim.SGD(m.parameters(), lr=1.0), **kw)
+    return m
