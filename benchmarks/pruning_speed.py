@@ -18,7 +18,7 @@ import kdcourse as kd
 from kdcourse import pruning
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=50)
@@ -36,7 +36,16 @@ def main() -> None:
         print(f"{name:15s} {kd.count_params(m):9,d} {kd.model_size_bytes(m):9,d} {kd.evaluate(m, data.test_loader()):6.1f} "
               f"{lat[1][name]:8.3f} {lat[256][name]:8.2f} {lat[1][name] / lat[1]['dense']:9.2f} "
               f"{lat[256][name] / lat[256]['dense']:10.2f}")
+    checks = [("structured50 params / dense", kd.count_params(structured) / kd.count_params(dense), "<=", 0.3),
+              ("structured50 latency / dense, b256", lat[256]["structured50"] / lat[256]["dense"], "<=", 0.6),
+              ("unstructured90 latency / dense, b256 (no speed-up)", lat[256]["unstructured90"] / lat[256]["dense"], ">=", 0.75)]
+    missed = 0
+    for what, value, op, target in checks:
+        ok = value <= target if op == "<=" else value >= target
+        missed += not ok
+        print(f"target: {what:50s} {value:6.2f} {op} {target:4.2f}  {'ok' if ok else 'MISSED'}")
+    return 1 if missed else 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

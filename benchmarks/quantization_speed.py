@@ -19,7 +19,7 @@ import kdcourse as kd
 from kdcourse import quantization as Q
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--width", type=int, default=16, help="CNN width; 16 is the cached teacher, others are untrained")
     ap.add_argument("--threads", type=int, default=kd.get_profile().threads)
@@ -58,7 +58,27 @@ def main() -> None:
         print(f"{name:24s} {row['acc']:6.1f} {row['size_ratio']:6.2f} {row['ms_b1']:7.3f} "
               f"{row['latency_ratio_b1']:8.2f} {row['ms_b256']:8.2f} {row['latency_ratio_b256']:10.2f} {own} "
               f"{build:7.1f} {comp:9.1f}")
+    return check_targets(rows, a.width)
+
+
+def check_targets(rows: dict, width: int) -> int:
+    """Targets of notebook 06 (for the cached teacher): the fastest int8 engine at batch 256 is at most
+    0.5x eager fp32's latency and 0.3x its size, within 0.3 pt of fp32. Returns the exit code."""
+    if width != 16:
+        return 0  # an untrained model of another width: no targets
+    int8 = [n for n in rows if n in ("pt2e_x86", "torchao_linear", "torchao_linear_compiled", "ort_static", "ort_dynamic")]
+    best = min(int8, key=lambda n: rows[n]["latency_ratio_b256"])
+    r = rows[best]
+    checks = [(f"{best} latency / eager fp32, b256", r["latency_ratio_b256"], "<=", 0.5),
+              (f"{best} size / fp32", r["size_ratio"], "<=", 0.3),
+              (f"{best} |acc - fp32 acc| (pt)", abs(r["acc"] - rows["fp32"]["acc"]), "<=", 0.3)]
+    missed = 0
+    for what, value, op, target in checks:
+        ok = value <= target
+        missed += not ok
+        print(f"target: {what:40s} {value:6.2f} {op} {target:4.2f}  {'ok' if ok else 'MISSED'}")
+    return 1 if missed else 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
