@@ -184,6 +184,9 @@ def fit(model: nn.Module, train: Iterable, *, epochs: int, teacher: nn.Module | 
         teacher.to(device)
     elif teacher_layers:
         raise ValueError("teacher_layers were given but no teacher")
+    if not any(p.requires_grad for p in params):
+        raise ValueError(f"{type(model).__name__} has no trainable parameter (requires_grad is False everywhere, "
+                         "e.g. a frozen teacher from get_teacher): call model.requires_grad_(True) on a copy first")
     if optimizer is None:
         fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
         optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused or None)

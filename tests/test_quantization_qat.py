@@ -187,3 +187,76 @@ def test_qat_recovers_accuracy_where_2bit_ptq_breaks(digits_cnn):
     kd.fit(q2, data.train_loader(64, seed=0), epochs=2, lr=3e-3, seed=0, progress=False)
     qat = kd.evaluate(q2, test)
     assert qat > ptq + 10, (fp32, ptq, qat)  # the straight-through gradients trained the quantized model
+
+
+# ----------------------------------------------------------------------------- what quantize_model leaves in float
+class _TinyAttention(nn.Module):
+    """tokens (B, L) -> logits (B, L, V): Embedding, nn.MultiheadAttention, Linear head."""
+
+    def __init__(self, vocab=7, d=8):
+        super().__init__()
+        torch.manual_seed(0)
+        self.tok = nn.Embedding(vocab, d)
+        self.attn = nn.MultiheadAttention(d, 2, batch_first=True)
+        self.head = nn.Linear(d, vocab)
+
+    def forward(self, idx):
+        h = self.tok(idx)
+        a, _ = self.attn(h, h, h, need_weights=False)
+        return self.head(h + a)
+
+
+def test_quantize_model_leaves_attention_and_embeddings_in_float_and_lists_them(capsys):
+    model = _TinyAttention().eval()
+    idx = torch.randint(0, 7, (16, 5), generator=torch.Generator().manual_seed(0))
+    q = Q.quantize_model(model, calib_x=idx, verbose=True)   # used to fail: out_proj became a QuantLayer
+    assert set(q.left_in_float) == {"tok", "attn", "attn.out_proj"}
+    assert "3 module(s) left in float" in capsys.readouterr().out
+    assert [n for n, m in q.named_modules() if isinstance(m, Q.QuantLayer)] == ["head"]
+    with torch.no_grad():
+        ref, out = model(idx), q(idx)
+        q8_head = q.head(model.tok(idx) + model.attn(*(model.tok(idx),) * 3, need_weights=False)[0])
+    torch.testing.assert_close(out, q8_head)                      # everything before the head is the float model
+    assert 0 < float((out - ref).abs().max()) <= 0.05 * float(ref.abs().max())   # the head is int8-close, not exact
+    assert Q.quantize_model(kd.build_model("cnn", (1, 8, 8), width=2, seed=0)).left_in_float == {}
+
+
+def test_quantize_model_skip_keeps_named_modules_exactly_float():
+    model = _TinyAttention().eval()
+    idx = torch.randint(0, 7, (4, 5), generator=torch.Generator().manual_seed(1))
+    q = Q.quantize_model(model, bits=2, calib_x=idx, skip=["head"])
+    assert q.left_in_float["head"] == "named in skip" and not any(isinstance(m, Q.QuantLayer) for m in q.modules())
+    with torch.no_grad():
+        assert torch.equal(q(idx), model(idx))
+    seq = nn.Sequential(nn.Linear(4, 4), nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)))
+    q = Q.quantize_model(seq, skip=["1"])                          # a skipped container: none of its layers
+    assert isinstance(q[0], Q.QuantLayer) and isinstance(q[1][0], nn.Linear) and list(q.left_in_float) == ["1"]
+    with pytest.raises(KeyError, match=r"unknown module\(s\) \['nope'\] in skip"):
+        Q.quantize_model(model, skip=["nope"])
+
+
+def test_quantize_model_runs_a_transformer_encoder_layer_in_eval_and_under_no_grad():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, batch_first=True).eval()
+    x = _randn(3, 5, 8)
+    q = Q.quantize_model(layer, calib_x=x)
+    assert {"self_attn", "self_attn.out_proj", "linear1", "linear2"} <= set(q.left_in_float)
+    assert not any(isinstance(m, Q.QuantLayer) for m in q.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(q(x), layer(x))                 # nothing quantizable left: the float layer
+
+
+def test_quant_layer_exposes_the_wrapped_weight_for_code_that_reads_it():
+    lin = nn.Linear(3, 2)
+    ql = Q.QuantLayer(lin)
+    assert ql.weight is lin.weight and ql.bias is lin.bias
+    assert Q.QuantLayer(nn.Linear(3, 2, bias=False)).bias is None
+
+
+def test_quantize_model_of_a_frozen_teacher_is_trainable_everywhere():
+    import kdcourse as kd
+    from kdcourse import quantization as Q
+    teacher = kd.build_model("cnn", (1, 28, 28), width=4, seed=0).requires_grad_(False)
+    q = Q.quantize_model(teacher, bits=4)
+    assert all(p.requires_grad for p in q.parameters())   # QAT trains every weight, not only folded biases
+    assert not any(p.requires_grad for p in teacher.parameters())   # the teacher itself stays frozen

@@ -278,3 +278,10 @@ def _fit_sgd(x, y, **kw):
     kd.fit(m, TensorLoader(x, y, batch_size=32, seed=1), epochs=1, progress=False,
            optimizer=torch.optim.SGD(m.parameters(), lr=1.0), **kw)
     return m
+
+
+def test_fit_refuses_a_model_with_nothing_to_train():
+    x, y = _separable()
+    frozen = kd.build_model("mlp", (1, 8), width=4, n_classes=3, seed=0).requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameter"):
+        kd.fit(frozen, TensorLoader(x, y, batch_size=32), epochs=1, progress=False)

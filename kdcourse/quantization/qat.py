@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,7 @@ from .observers import OBSERVERS, check_pct, observe
 __all__ = ["FakeQuant", "QuantLayer", "fold_batchnorm", "quantize_model", "calibrate"]
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
@@ -104,6 +106,16 @@ class QuantLayer(nn.Module):
         self.weight_fq = FakeQuant(weight_bits, weight=True, observer=weight_observer, per_channel=per_channel)
         self.to(layer.weight.device)  # the range buffers live with the layer (e.g. on the GPU)
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The wrapped layer's float weight, for code that reads ``layer.weight`` (e.g. its dtype)."""
+        return self.layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The wrapped layer's float bias (or None)."""
+        return self.layer.bias
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, w = self.act_fq(x), self.weight_fq(self.layer.weight)
         if isinstance(self.layer, nn.Linear):
@@ -154,27 +166,69 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
+def _float_reason(module: nn.Module, parent: nn.Module | None) -> str | None:
+    """Why a module holding a weight matrix or kernel stays float in quantize_model (None: it is wrapped)."""
+    if isinstance(parent, nn.MultiheadAttention):
+        return "projection of a MultiheadAttention, which reads its weight directly (never calls it)"
+    if isinstance(parent, nn.TransformerEncoderLayer) and isinstance(module, nn.Linear):
+        return "Linear of a TransformerEncoderLayer, whose inference fast path reads its weight directly"
+    if isinstance(module, _QUANTIZABLE):
+        return None
+    if not any(p.dim() >= 2 for p in module.parameters(recurse=False)):
+        return None  # no matrix or kernel of its own (norms, activations, containers)
+    if isinstance(module, nn.MultiheadAttention):
+        return "MultiheadAttention: F.multi_head_attention_forward reads in_proj_weight, not a layer"
+    if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+        return f"{type(module).__name__}: a table lookup, no multiplication to quantize"
+    return f"{type(module).__name__}: QuantLayer wraps Conv1d, Conv2d and Linear only"
+
+
 def quantize_model(model: nn.Module, *, bits: int = 8, weight_bits: int | None = None,
                    act_bits: int | None = None, weight_observer: str = "minmax",
                    act_observer: str = "minmax", per_channel: bool = True,
-                   calib_x: torch.Tensor | None = None) -> nn.Module:
-    """A fake-quantized copy of a course model for PTQ and QAT (BatchNorm folded first).
+                   calib_x: torch.Tensor | None = None, skip: Sequence[str] = (),
+                   verbose: bool = False) -> nn.Module:
+    """A fake-quantized copy of a model for PTQ and QAT (BatchNorm folded first).
 
     Every Conv1d/Conv2d/Linear becomes a QuantLayer (weights per-channel symmetric, activations
     per-tensor asymmetric); weight_bits / act_bits default to `bits` (all integers in 2..16). With
     `calib_x` (N, *in_shape) the activation ranges are calibrated at once (post-training
-    quantization); train the result with `kd.fit` for QAT. Returned in eval mode.
+    quantization); train the result with `kd.fit` for QAT. Returned in eval mode, with every
+    parameter trainable (``requires_grad=True``) even when `model` was a frozen teacher: QAT trains
+    the copy, and a frozen copy would silently train nothing (or only the folded biases).
+    What cannot be wrapped stays float instead of failing: nn.MultiheadAttention and its out_proj
+    (its forward reads the weights directly), the Linear layers of nn.TransformerEncoderLayer (its
+    fast path does too), embeddings, Conv3d, transposed convolutions, ...;
+    so do the modules named in `skip` (e.g. the first and last layer). The copy's attribute
+    ``left_in_float`` maps each such module holding a weight matrix or kernel to the reason
+    (empty for the course's models); `verbose` prints it.
     """
     bits = check_bits(bits)
     wb = check_bits(bits if weight_bits is None else weight_bits, "weight_bits")
     ab = check_bits(bits if act_bits is None else act_bits, "act_bits")
     _check_observer(weight_observer), _check_observer(act_observer)
-    qmodel = fold_batchnorm(model)
-    for parent in list(qmodel.modules()):
+    skip = [skip] if isinstance(skip, str) else list(skip)
+    names = dict(model.named_modules())
+    if any(n not in names or not n for n in skip):
+        raise KeyError(f"unknown module(s) {[n for n in skip if n not in names or not n]} in skip; "
+                       f"valid names include: {', '.join(list(names)[1:30])}")
+    qmodel, left = fold_batchnorm(model), {}
+    for parent_name, parent in list(qmodel.named_modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+            full = f"{parent_name}.{name}" if parent_name else name
+            if any(full.startswith(n + ".") for n in skip):
+                continue  # inside a skipped module: reported under its name
+            reason = "named in skip" if full in skip else _float_reason(child, parent)
+            if reason is not None:
+                left[full] = reason
+            elif isinstance(child, _QUANTIZABLE):
                 setattr(parent, name, QuantLayer(child, weight_bits=wb, act_bits=ab, weight_observer=weight_observer,
                                                  act_observer=act_observer, per_channel=per_channel))
+    qmodel.left_in_float = left
+    qmodel.requires_grad_(True)
+    if verbose:
+        print(f"quantize_model: {len(left)} module(s) left in float" +
+              "".join(f"\n  {n}: {r}" for n, r in left.items()))
     if calib_x is not None:
         calibrate(qmodel, calib_x)
     return qmodel.eval()
