@@ -17,7 +17,7 @@ from torch.nn.utils import prune
 from .models import ConvNet
 from .utils import as_number, eval_mode
 
-__all__ = ["prunable_layers", "check_amount", "sparsity_report", "global_magnitude_prune",
+__all__ = ["prunable_layers", "unprunable_layers", "check_amount", "sparsity_report", "global_magnitude_prune",
            "layerwise_magnitude_prune", "prune_by_scores", "taylor_scores", "make_permanent",
            "sensitivity_scan", "l1_prune_conv_block", "structured_prune"]
 
@@ -36,19 +36,61 @@ def check_amount(amount: float, what: str = "amount") -> float:
     return value
 
 
+def _inside_attention(model: nn.Module) -> set[str]:
+    """Names of the children of every nn.MultiheadAttention in `model` (its out_proj)."""
+    return {f"{name}.{child}" if name else child for name, m in model.named_modules()
+            if isinstance(m, nn.MultiheadAttention) for child, _ in m.named_children()}
+
+
 def prunable_layers(model: nn.Module, names: Iterable[str] | None = None) -> dict[str, nn.Module]:
     """Conv and Linear layers of `model` by name (all of them, or the given `names`).
 
-    Unknown or non-prunable names raise KeyError listing the valid ones.
+    The out_proj Linear of an nn.MultiheadAttention is not prunable: the attention reads its
+    weight directly and never calls it, so a pruning mask would never be re-applied (see
+    `unprunable_layers`). Unknown or non-prunable names raise KeyError listing the valid ones.
     """
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, _PRUNABLE)}
+    inside = _inside_attention(model)
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, _PRUNABLE) and n not in inside}
     if names is None:
         return layers
     names = list(names)
     bad = [n for n in names if n not in layers]
     if bad:
-        raise KeyError(f"unknown or non-prunable layer(s) {bad}; prunable layers: {', '.join(layers)}")
+        why = unprunable_layers(model)
+        reasons = "".join(f"; {n} is not prunable: {why[n]}" for n in bad if n in why)
+        raise KeyError(f"unknown or non-prunable layer(s) {bad}{reasons}; prunable layers: {', '.join(layers)}")
     return {n: layers[n] for n in names}
+
+
+def unprunable_layers(model: nn.Module) -> dict[str, str]:
+    """Modules holding a weight matrix or kernel that the mask-based helpers leave unpruned: name -> reason.
+
+    The magnitude, Taylor and sensitivity helpers prune Conv1d/Conv2d/Linear weights only. Left
+    alone (listed here): nn.MultiheadAttention (its in_proj_weight is no layer's weight) and its
+    out_proj (read directly, never called, so a mask would go stale and break the second backward
+    pass), embeddings, and any other module with a parameter of 2+ dimensions (Conv3d, transposed
+    convolutions, RNNs). Norm layers, biases and activations hold no such parameter. Empty for the
+    course's models.
+    """
+    inside, layers, out = _inside_attention(model), prunable_layers(model), {}
+    for name, m in model.named_modules():
+        if name in layers or not any(p.dim() >= 2 for p in m.parameters(recurse=False)):
+            continue
+        if name in inside:
+            out[name] = "projection of a MultiheadAttention, which reads its weight directly (never calls it)"
+        elif isinstance(m, nn.MultiheadAttention):
+            out[name] = "MultiheadAttention: its in_proj_weight is a parameter, not a layer's weight"
+        elif isinstance(m, (nn.Embedding, nn.EmbeddingBag)):
+            out[name] = f"{type(m).__name__}: a lookup table, not a Conv/Linear weight"
+        else:
+            out[name] = f"{type(m).__name__}: the helpers prune Conv1d, Conv2d and Linear only"
+    return out
+
+
+def _report_unpruned(model: nn.Module, verbose: bool) -> None:
+    if verbose:
+        left = unprunable_layers(model)
+        print(f"{len(left)} module(s) with weights left unpruned" + "".join(f"\n  {n}: {r}" for n, r in left.items()))
 
 
 def sparsity_report(model: nn.Module) -> dict[str, dict]:
@@ -98,23 +140,29 @@ def prune_by_scores(model: nn.Module, scores: dict[str, torch.Tensor], amount: f
     return model
 
 
-def global_magnitude_prune(model: nn.Module, amount: float, names: Sequence[str] | None = None) -> nn.Module:
+def global_magnitude_prune(model: nn.Module, amount: float, names: Sequence[str] | None = None, *,
+                           verbose: bool = False) -> nn.Module:
     """Mask the `amount` fraction of smallest-|w| weights across all (or the named) layers, in place.
 
     Scores are |w|, compared across layers (Han et al., "Learning both Weights and Connections
     for Efficient Neural Networks", NeurIPS 2015). Equivalent to ``prune.global_unstructured``
-    with ``prune.L1Unstructured``.
+    with ``prune.L1Unstructured``. Modules it cannot prune are skipped (`unprunable_layers`;
+    `verbose` prints them).
     """
     layers = prunable_layers(model, names)
+    _report_unpruned(model, verbose)
     return prune_by_scores(model, {n: m.weight.abs() for n, m in layers.items()}, amount)
 
 
-def layerwise_magnitude_prune(model: nn.Module, amount: float | dict[str, float]) -> nn.Module:
+def layerwise_magnitude_prune(model: nn.Module, amount: float | dict[str, float], *,
+                              verbose: bool = False) -> nn.Module:
     """Mask the smallest-|w| fraction in each layer separately (``prune.l1_unstructured``), in place.
 
-    amount: one fraction for every prunable layer, or a dict layer name -> fraction.
+    amount: one fraction for every prunable layer, or a dict layer name -> fraction. Modules it
+    cannot prune are skipped (`unprunable_layers`; `verbose` prints them).
     """
     amounts = amount if isinstance(amount, dict) else {n: amount for n in prunable_layers(model)}
+    _report_unpruned(model, verbose)
     for name, m in prunable_layers(model, amounts).items():
         prune.l1_unstructured(m, "weight", amount=check_amount(amounts[name], f"amount for {name}"))
     return model
@@ -280,6 +328,9 @@ def structured_prune(model: nn.Module, example_inputs: torch.Tensor, ratio: floa
     residual additions) lose the same channels. Layers named in `ignored` (the classifier)
     keep their outputs. importance: "l1" or "l2" filter norm. `model` is not changed; the
     pruned copy comes back in eval mode with every parameter trainable (requires_grad=True).
+    The copy is run once on `example_inputs`: a copy that fails there, or changes the output
+    shape (e.g. a hand-written attention whose heads come from a .view), raises ValueError
+    instead of surfacing later.
     """
     import torch_pruning as tp
     check_amount(ratio, "ratio")
@@ -295,4 +346,22 @@ def structured_prune(model: nn.Module, example_inputs: torch.Tensor, ratio: floa
     pruner = tp.pruner.MagnitudePruner(new, example_inputs, importance=tp.importance.MagnitudeImportance(p=1 if importance == "l1" else 2),
                                        pruning_ratio=ratio, ignored_layers=[modules[n] for n in ignored])
     pruner.step()
+    _check_still_runs(model, new, example_inputs)
     return new
+
+
+def _check_still_runs(model: nn.Module, pruned: nn.Module, example_inputs: torch.Tensor) -> None:
+    """ValueError unless the pruned copy runs on `example_inputs` and keeps the output shape of `model`."""
+    with torch.no_grad(), eval_mode(model):
+        ref = model(example_inputs)
+        try:
+            out = pruned(example_inputs)
+        except RuntimeError as err:
+            out = err
+    if isinstance(out, Exception) or (isinstance(ref, torch.Tensor) and getattr(out, "shape", None) != ref.shape):
+        what = (f"fails ({out})" if isinstance(out, Exception)
+                else f"returns shape {tuple(out.shape)}, not {tuple(ref.shape)}")
+        raise ValueError(f"the pruned copy {what}: torch-pruning's dependency graph does not see couplings made in "
+                         "forward code, such as q, k, v split into heads with .view (hand-written attention; "
+                         "nn.MultiheadAttention is handled). List such layers in `ignored`, or prune a part of the "
+                         "model that has no such coupling (e.g. a CNN, or the MLPs)")

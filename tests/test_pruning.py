@@ -10,7 +10,8 @@ from torch.nn.utils import prune
 import kdcourse as kd
 from kdcourse.pruning import (_sub_bn, _sub_conv, _sub_linear, check_amount, global_magnitude_prune,
                               l1_prune_conv_block, layerwise_magnitude_prune, make_permanent, prunable_layers,
-                              prune_by_scores, sensitivity_scan, sparsity_report, structured_prune, taylor_scores)
+                              prune_by_scores, sensitivity_scan, sparsity_report, structured_prune, taylor_scores,
+                              unprunable_layers)
 
 
 def _cnn(seed=0, shape=(1, 28, 28)):
@@ -295,3 +296,48 @@ def test_structured_prune_on_a_torchvision_model():
 def test_errors(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+# ----------------------------------------------------------------------------- what the mask-based helpers skip
+class _Attention(nn.Module):
+    """tokens (B, L) -> logits (B, L, V): Embedding, nn.MultiheadAttention, Linear head."""
+
+    def __init__(self, vocab=7, d=8):
+        super().__init__()
+        torch.manual_seed(0)
+        self.tok, self.attn, self.head = nn.Embedding(vocab, d), nn.MultiheadAttention(d, 2, batch_first=True), \
+            nn.Linear(d, vocab)
+
+    def forward(self, idx):
+        h = self.tok(idx)
+        return self.head(h + self.attn(h, h, h, need_weights=False)[0])
+
+
+def test_magnitude_pruning_skips_attention_projections_and_training_still_works(capsys):
+    model = _Attention()
+    assert list(prunable_layers(model)) == ["head"]
+    assert set(unprunable_layers(model)) == {"tok", "attn", "attn.out_proj"}
+    assert unprunable_layers(_cnn()) == {}
+    global_magnitude_prune(model, 0.5, verbose=True)
+    assert "3 module(s) with weights left unpruned" in capsys.readouterr().out
+    assert sparsity_report(model)["head"]["sparsity"] == pytest.approx(0.5, abs=0.02)
+    idx = torch.randint(0, 7, (4, 5), generator=torch.Generator().manual_seed(0))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(2):   # a mask on out_proj used to break the second backward pass (MHA never calls out_proj)
+        loss = model(idx).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert (model.head.weight == 0).float().mean() == pytest.approx(0.5, abs=0.02)
+    layerwise_magnitude_prune(_Attention(), 0.3)
+    with pytest.raises(KeyError, match="attn.out_proj is not prunable: projection of a MultiheadAttention"):
+        layerwise_magnitude_prune(_Attention(), {"attn.out_proj": 0.5})
+
+
+def test_structured_prune_refuses_a_copy_that_no_longer_runs():
+    from kdcourse.lm import GPT
+    lm, idx = GPT(vocab_size=16, d_model=16, n_layers=1, seed=0).eval(), torch.randint(1, 16, (2, 6))
+    before = {n: p.clone() for n, p in lm.state_dict().items()}
+    with pytest.raises(ValueError, match=r"pruned copy fails .*q, k, v split into heads"):   # used to return it broken
+        structured_prune(lm, idx, 0.5)
+    assert all(torch.equal(before[n], p) for n, p in lm.state_dict().items())   # the model itself is untouched

@@ -201,3 +201,39 @@ def test_compare_engines_measures_real_engines_together(small_cnn):
     model.eval()
     assert rows["fp32"]["acc"] == 100.0 and rows["ort_fp32"]["acc"] == 100.0  # fp32 scored in eval mode
     assert all(rows[n][f"ms_b{b}"] > 0 for n in rows for b in (1, 16))
+
+
+# ----------------------------------------------------------------------------- pt2e on residual blocks
+class _ReusedReLU(nn.Module):
+    """A ResNet-style basic block that calls one nn.ReLU module twice, as torchvision's ResNets do."""
+
+    def __init__(self, c=4):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1, self.conv2 = nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.head = nn.Linear(c, 3)
+
+    def forward(self, x):
+        out = self.relu(self.conv1(x))
+        out = self.relu(self.conv2(out) + x)        # the same module again, after the residual addition
+        return self.head(out.mean((2, 3)))
+
+
+def test_pt2e_int8_handles_a_relu_module_called_twice_and_names_the_fix_when_not_strict():
+    model, x = _ReusedReLU().eval(), torch.randn(16, 4, 6, 6, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = model(x)
+    engine = Q.pt2e_int8(model, x, compile=False)            # strict export (default): used to fail
+    with torch.no_grad():
+        _int8_close(engine(x), ref)
+        _int8_close(engine(x[:3]), ref[:3])                  # the batch dimension stays dynamic
+    with pytest.raises(ValueError, match="more than one output node.*strict=True"):
+        Q.pt2e_int8(model, x, compile=False, strict=False)
+
+
+def test_pt2e_int8_strict_and_non_strict_exports_agree_bit_for_bit_on_the_course_cnn(small_cnn):
+    model, x, _ = small_cnn
+    with torch.no_grad():
+        strict, loose = Q.pt2e_int8(model, x, compile=False)(x), Q.pt2e_int8(model, x, compile=False, strict=False)(x)
+    assert torch.equal(strict, loose)

@@ -230,3 +230,49 @@ def test_minibatch_cka_of_lm_hidden_states_is_symmetric():
     ab.update(fa["blocks.1"], fb["blocks.1"])
     ba.update(fb["blocks.1"], fa["blocks.1"])
     assert ab.value() == pytest.approx(ba.value(), rel=1e-9) and -1 < ab.value() < 1
+
+
+# ------------------------------------------------------- int8 and pruning on real architectures (issue 16, item 4)
+def _calibrated(name, seed=0):
+    """A torchvision CNN with trained-like scales: default Linear init and BatchNorm statistics from a few batches.
+
+    (torchvision's own init gives mobilenet_v3_small logits near 1e-10, which int8 rounds to zero.)
+    """
+    net = _vision(name, seed)
+    for m in net.modules():
+        if isinstance(m, nn.Linear):
+            m.reset_parameters()
+    net.train()
+    with torch.no_grad():
+        for i in range(3):
+            net(_r(16, 3, 64, 64, seed=10 + i))
+    return net.eval()
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small"])
+def test_pt2e_int8_on_torchvision_cnns_stays_close_to_fp32(name):
+    net, calib, x = _calibrated(name), _r(16, 3, 64, 64, seed=1), _r(8, 3, 64, 64, seed=2)
+    engine = kd.quantization.pt2e_int8(net, calib, compile=False)   # resnet18 used to fail: one ReLU, two calls
+    with torch.no_grad():
+        ref, out = net(x), engine(x)
+    assert out.shape == (8, 10) and engine(x[:1]).shape == (1, 10)
+    assert torch.nn.functional.cosine_similarity(out, ref).min() > 0.95
+    assert (out.argmax(1) == ref.argmax(1)).float().mean() >= 0.75
+    assert engine.size_bytes < 0.35 * kd.model_size_bytes(net)
+
+
+def test_fake_quant_and_magnitude_pruning_of_an_lm_skip_the_attention_and_say_so():
+    lm, (x, y) = TinyLM(seed=0).eval(), _lm_batch()
+    q = kd.quantization.quantize_model(lm, calib_x=x)
+    assert set(q.left_in_float) == {"tok", "pos", "blocks.0.attn", "blocks.0.attn.out_proj", "blocks.1.attn",
+                                    "blocks.1.attn.out_proj"}
+    with torch.no_grad():
+        ref, out = lm(x), q(x)
+    assert 0 < float((out - ref).abs().max()) < 0.1 * float(ref.abs().max())
+    pruned = kd.pruning.global_magnitude_prune(TinyLM(seed=0), 0.5)
+    assert set(kd.pruning.unprunable_layers(pruned)) == set(q.left_in_float)
+    h = kd.fit(pruned, [(x, y)], epochs=3, lr=3e-3, device="cpu", progress=False,
+               loss_fn=lambda s, t, target, feats=None: torch.nn.functional.cross_entropy(s.flatten(0, 1),
+                                                                                         target.flatten()))
+    assert h.loss[-1] < h.loss[0]
+    assert kd.pruning.sparsity_report(pruned)["global"]["sparsity"] == pytest.approx(0.5, abs=1e-3)

@@ -143,12 +143,18 @@ def compiled_fp32(model: nn.Module, example: torch.Tensor, *, batch_sizes: Seque
 
 
 def pt2e_int8(model: nn.Module, calib_x: torch.Tensor, *, compile: bool = True,
-              batch_sizes: Sequence[int] = (1, 256)) -> Engine:
+              batch_sizes: Sequence[int] = (1, 256), strict: bool = True) -> Engine:
     """Static int8 with torchao's pt2e flow and the X86 Inductor quantizer (the current PyTorch CPU route).
 
     export (dynamic batch) -> prepare_pt2e -> calibrate on calib_x (N, *in_shape) -> convert_pt2e
     -> torch.compile (static shapes; compiled now for `batch_sizes`, Inductor freezing on). Without
     `compile` the converted model runs its quantize/dequantize ops in fp32 (a reference, slow).
+    strict: export with ``torch.export.export(..., strict=True)`` (TorchDynamo traces the model).
+    Residual CNNs need it: torchvision's ResNet blocks call one ``nn.ReLU`` module twice, a
+    non-strict export records both calls as one "source partition" with two outputs, and the X86
+    quantizer's conv/add/ReLU fusion rejects it ("Input partition has more than one output node").
+    The strict export gives each call its own partition; for the course CNN both exports give
+    bit-identical int8 outputs. strict=False is for a model that TorchDynamo cannot trace.
     """
     _import_torchao()
     from torchao.quantization.pt2e import allow_exported_model_train_eval
@@ -161,9 +167,17 @@ def pt2e_int8(model: nn.Module, calib_x: torch.Tensor, *, compile: bool = True,
     t0 = time.perf_counter()
     batch = torch.export.Dim("batch", min=1, max=65536)
     example = calib_x[:2]
-    exported = torch.export.export(copy.deepcopy(model).eval(), (example,), dynamic_shapes=({0: batch},)).module()
+    exported = torch.export.export(copy.deepcopy(model).eval(), (example,), dynamic_shapes=({0: batch},),
+                                   strict=bool(strict)).module()
     quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
-    prepared = prepare_pt2e(exported, quantizer)
+    try:
+        prepared = prepare_pt2e(exported, quantizer)
+    except ValueError as err:
+        if strict or "more than one output node" not in str(err):
+            raise
+        raise ValueError(f"prepare_pt2e failed on the non-strict export ({err}): the model probably calls one "
+                         "module (e.g. an nn.ReLU) at several places, as torchvision's ResNet blocks do; "
+                         "use strict=True") from err
     with torch.no_grad():
         for i in range(0, len(calib_x), 256):
             prepared(calib_x[i:i + 256])
