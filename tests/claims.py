@@ -44,6 +44,15 @@ def _claims_06(r):
     assert r["qat_low_bit_acc"] - r["ptq_low_bit_acc"] >= 0.5 * gap, "QAT should recover at least half the gap"
 
 
+def _claims_08(r):
+    assert r["student_params"] * 10 <= r["teacher_params"]
+    assert r["teacher_em"] >= 95
+    assert min(r["seqkd_rs_em_seed0"], r["seqkd_rs_em_seed1"], r["seqkd_rs_em_seed2"]) >= 0.9 * r["teacher_em"]
+    assert r["answers_only_em"] <= r["chance_em"] + 10
+    assert r["seqkd_rs_em"] >= r["answers_only_em"] + 50
+    assert r["tokens_per_answer_cot"] > 3 * r["tokens_per_answer_direct"]
+
+
 # stem -> (every figure the check reads, the check)
 CLAIMS = {
     "00_orientation": (["mnist_teacher_acc", "mnist_student_acc", "mnist1d_teacher_acc", "mnist1d_student_acc"],
@@ -63,6 +72,10 @@ CLAIMS = {
                     "structured50_kd_acc", "few_labels_kd_acc", "few_labels_finetune_acc"], _claims_05),
     "06_quantization": (["fp32_acc", "int8_acc", "int8_size_ratio", "ptq_low_bit_acc", "qat_low_bit_acc",
                          "qat_kd_low_bit_acc", "pt2e_x86_acc", "torchao_linear_acc", "ort_static_acc"], _claims_06),
+    "08_llm_distillation": (["teacher_params", "student_params", "teacher_em", "chance_em", "answers_only_em",
+                             "seqkd_rs_em", "seqkd_rs_em_seed0", "seqkd_rs_em_seed1", "seqkd_rs_em_seed2",
+                             "tokens_per_answer_cot", "tokens_per_answer_direct", "seqkd_em", "token_fkl_em",
+                             "token_rkl_em", "student_latency_ratio"], _claims_08),
 }
 
 
