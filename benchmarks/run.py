@@ -50,6 +50,10 @@ SPEED_CLAIMS = [
      lambda r: r["structured50_latency_ratio_b256"], "<=", 0.6),
     ("06_quantization", "best int8 / eager fp32 latency, batch 256",
      lambda r: r["int8_latency_ratio_b256"], "<=", 0.5),
+    ("07_compression_pipeline", "final model latency / teacher, batch 256 (target: >= 4x faster)",
+     lambda r: r["final_latency_ratio_b256"], "<=", 0.25),
+    ("08_llm_distillation", "student latency / teacher, batch 1",
+     lambda r: r["student_latency_ratio"], "<", 1.0),
     ("06_quantization", "int8 speed-up: wide model's ratio / narrow model's ratio",
      lambda r: r["wide_ort_static_over_fp32_b256"] / r["ort_static_own_ratio_b256"], "<", 0.9),
 ]

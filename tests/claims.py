@@ -44,6 +44,19 @@ def _claims_06(r):
     assert r["qat_low_bit_acc"] - r["ptq_low_bit_acc"] >= 0.5 * gap, "QAT should recover at least half the gap"
 
 
+def _claims_07(r):
+    se = 100 * (r["teacher_acc"] / 100 * (1 - r["teacher_acc"] / 100) / 1000) ** 0.5   # test-set noise, 1,000 images
+    assert r["final_size_ratio"] <= 1 / 20
+    assert r["teacher_acc"] - r["final_acc"] <= 1.0 + 2 * se
+    assert r["export_acc"] == r["final_acc"] and abs(r["int8_acc"] - r["prune_acc"]) <= 0.5
+    assert r["distil_size_ratio"] > r["prune_size_ratio"] > r["export_size_ratio"]
+    assert r["student_kd_acc"] >= r["teacher_acc"] - 2 and r["student_scratch_acc"] >= r["teacher_acc"] - 2
+    assert r["promise_width"] > 0
+    assert r["frontier_w8_kd_acc"] >= r["frontier_w2_kd_acc"] + 3
+    assert r["ptq_bits8_acc"] >= r["prune_acc"] - 1.5 and r["ptq_bits2_acc"] < r["ptq_bits8_acc"] - 5
+    assert abs(r["order_a_acc"] - r["order_b_acc"]) <= 3 and r["order_sign"] in (-1, 0, 1)
+
+
 def _claims_08(r):
     assert r["student_params"] * 10 <= r["teacher_params"]
     assert r["teacher_em"] >= 95
@@ -72,6 +85,12 @@ CLAIMS = {
                     "structured50_kd_acc", "few_labels_kd_acc", "few_labels_finetune_acc"], _claims_05),
     "06_quantization": (["fp32_acc", "int8_acc", "int8_size_ratio", "ptq_low_bit_acc", "qat_low_bit_acc",
                          "qat_kd_low_bit_acc", "pt2e_x86_acc", "torchao_linear_acc", "ort_static_acc"], _claims_06),
+    "07_compression_pipeline": (["teacher_acc", "final_acc", "final_acc_std", "final_size_ratio",
+                                 "final_latency_ratio_b256", "final_latency_ratio_b1", "student_kd_acc",
+                                 "student_scratch_acc", "export_acc", "int8_acc", "prune_acc", "distil_size_ratio",
+                                 "prune_size_ratio", "export_size_ratio", "promise_width", "frontier_w8_kd_acc",
+                                 "frontier_w2_kd_acc", "ptq_bits8_acc", "ptq_bits2_acc", "order_a_acc",
+                                 "order_b_acc", "order_sign"], _claims_07),
     "08_llm_distillation": (["teacher_params", "student_params", "teacher_em", "chance_em", "answers_only_em",
                              "seqkd_rs_em", "seqkd_rs_em_seed0", "seqkd_rs_em_seed1", "seqkd_rs_em_seed2",
                              "tokens_per_answer_cot", "tokens_per_answer_direct", "seqkd_em", "token_fkl_em",
