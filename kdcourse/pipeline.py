@@ -157,14 +157,9 @@ def load_program(path: str | os.PathLike) -> nn.Module:
 
 def _allow_train_eval(module: nn.Module) -> None:
     """Let an exported module accept .train()/.eval() (torchao's helper, imported with its log quietened)."""
-    import logging
-    log = logging.getLogger("torch.utils._pytree")
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        from torchao.quantization.pt2e import allow_exported_model_train_eval
-    finally:
-        log.setLevel(level)
+    from .quantization.engines import _import_torchao
+    _import_torchao()
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
     allow_exported_model_train_eval(module)
 
 
