@@ -8,6 +8,7 @@ import torch
 @pytest.fixture(autouse=True)
 def _isolated_data(tmp_path, monkeypatch):
     monkeypatch.setenv("KDCOURSE_DATA", str(tmp_path / "data"))
+    monkeypatch.delenv("KDCOURSE_RESULTS", raising=False)  # set for the notebook kernels under make test
     torch.set_num_threads(1)
     yield
 
