@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-__all__ = ["mean_std", "paired_difference", "describe_difference", "recovered_share", "compare_runs"]
+__all__ = ["mean_std", "paired_difference", "describe_difference", "recovered_share", "compare_runs", "plateaued"]
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -88,3 +88,21 @@ def compare_runs(candidate: Sequence[float], baseline: Sequence[float]) -> dict:
     (mc, sc), (mb, sb) = mean_std(candidate), mean_std(baseline)
     gain, spread = mc - mb, max(sc, sb)
     return {"gain": gain, "spread": spread, "beats": gain > spread}
+
+
+def plateaued(curve: Sequence[float], *, window: int = 5, tol: float = 0.5) -> bool:
+    """Has a training curve stopped improving? The course's one convergence test.
+
+    curve: per-epoch test accuracies (%). True when the mean of the last `window` points is at
+    most `tol` points above the mean of the `window` points before them:
+    mean(curve[-w:]) - mean(curve[-2w:-w]) <= tol. Needs at least 2 * window points.
+    """
+    window = int(window)
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    if tol < 0:
+        raise ValueError(f"tol must be >= 0, got {tol}")
+    if len(curve) < 2 * window:
+        raise ValueError(f"plateaued needs at least 2 * window = {2 * window} points, got {len(curve)}")
+    last, before = mean_std(curve[-window:])[0], mean_std(curve[-2 * window:-window])[0]
+    return last - before <= tol
