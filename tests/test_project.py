@@ -107,3 +107,10 @@ def test_notebook_has_the_course_shape(path):
         assert "exercise" in md, f"{path.name} has no exercises"
     code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
     assert "get_profile(" in code, f"{path.name} has no parameter cell with the profile"
+
+
+def test_no_package_module_is_over_about_300_lines():
+    """One small module per concept family: a module that grows past ~300 lines gets split."""
+    long = {str(p.relative_to(ROOT)): n for p in (ROOT / "kdcourse").rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 320}
+    assert not long, f"split these modules by concept: {long}"
