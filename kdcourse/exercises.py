@@ -24,14 +24,16 @@ def _close(a, b, atol: float, rtol: float) -> bool:
 
 def check(fn: Callable, reference: Callable, *, inputs: Callable[[torch.Generator], tuple | dict],
           trials: int = 5, atol: float = 1e-5, rtol: float = 1e-4, hint: str = "",
-          name: str | None = None) -> bool | None:
+          name: str | None = None, verbose: bool = True) -> bool | None:
     """Compare ``fn(*args)`` with ``reference(*args)`` on `trials` random inputs.
 
     inputs(gen) returns the positional args (tuple) or keyword args (dict) for one trial,
     drawn with the torch.Generator `gen` (seeded 0, 1, ...). Returns True (all match),
     False (a mismatch or an error; the first is printed with `hint`), or None when `fn`
-    raises NotImplementedError (exercise not attempted yet).
+    raises NotImplementedError (exercise not attempted yet). verbose=False prints nothing (used by
+    the solution cells to show, silently, that a known wrong answer is rejected).
     """
+    say = print if verbose else (lambda *_: None)
     name = name or getattr(fn, "__name__", "your function")
     for trial in range(trials):
         args = inputs(torch.Generator().manual_seed(trial))
@@ -39,14 +41,14 @@ def check(fn: Callable, reference: Callable, *, inputs: Callable[[torch.Generato
         try:
             got = call(fn)
         except NotImplementedError:
-            print(f"⏳ {name}: not attempted yet — replace the `raise NotImplementedError` and run again.")
+            say(f"⏳ {name}: not attempted yet — replace the `raise NotImplementedError` and run again.")
             return None
         except Exception as err:  # a learner's bug: report it, don't crash the notebook
-            print(f"❌ {name} raised {type(err).__name__}: {err}" + (f"\n   Hint: {hint}" if hint else ""))
+            say(f"❌ {name} raised {type(err).__name__}: {err}" + (f"\n   Hint: {hint}" if hint else ""))
             return False
         want = call(reference)
         if not _close(got, want, atol, rtol):
-            print(f"❌ {name} differs from the reference on trial {trial}." + (f"\n   Hint: {hint}" if hint else ""))
+            say(f"❌ {name} differs from the reference on trial {trial}." + (f"\n   Hint: {hint}" if hint else ""))
             return False
-    print(f"✅ {name} matches the reference on {trials} random inputs.")
+    say(f"✅ {name} matches the reference on {trials} random inputs.")
     return True

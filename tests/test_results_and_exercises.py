@@ -63,3 +63,10 @@ def test_check_with_keyword_inputs_and_wrong_shapes(capsys):
     ref = lambda a, b: a + b  # noqa: E731
     assert kd.check(lambda a, b: b + a, ref, inputs=lambda g: {"a": torch.ones(2), "b": torch.zeros(2)})
     assert not kd.check(lambda a, b: (a + b)[None], ref, inputs=lambda g: {"a": torch.ones(2), "b": torch.ones(2)})
+
+
+def test_check_can_judge_silently(capsys):
+    wrong = lambda x, T: torch.softmax(x, -1)                                   # forgot the temperature
+    assert kd.check(wrong, _ref, inputs=_inputs, verbose=False) is False
+    assert kd.check(lambda x, T: torch.softmax(x / T, -1), _ref, inputs=_inputs, verbose=False) is True
+    assert capsys.readouterr().out == ""
