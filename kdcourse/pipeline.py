@@ -173,24 +173,16 @@ def save_onnx_int8(model: nn.Module, calib_x: torch.Tensor, path: str | os.PathL
     exporter's per-node provenance (``metadata_props``) and the intermediate shape annotations
     (``value_info``, which ONNX Runtime infers again) — which outweigh a small model's int8 weights.
     """
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from .quantization import export_onnx
+    from .quantization.onnx_runtime import _quantize_static_file
     if calib_x is None or len(calib_x) == 0:
         raise ValueError("save_onnx_int8 needs a non-empty calibration set calib_x of shape (N, *in_shape)")
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter([{"x": calib_x[i:i + 64].numpy()} for i in range(0, len(calib_x), 64)])
-
-        def get_next(self):
-            return next(self.batches, None)
     with tempfile.TemporaryDirectory() as tmp:
         src = export_onnx(model, calib_x[:2], os.path.join(tmp, "fp32.onnx"))
         quant_pre_process(src, os.path.join(tmp, "pre.onnx"))
-        quantize_static(os.path.join(tmp, "pre.onnx"), str(path), Reader(), quant_format=QuantFormat.QDQ,
-                        per_channel=per_channel, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+        _quantize_static_file(os.path.join(tmp, "pre.onnx"), str(path), calib_x, per_channel=per_channel)
     if strip:
         _strip_onnx(path)
     return os.path.getsize(path)

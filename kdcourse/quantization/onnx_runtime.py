@@ -75,12 +75,9 @@ def ort_fp32(model: nn.Module, example: torch.Tensor) -> Engine:
     return _ort_engine("ort_fp32", model, example)
 
 
-def ort_static_int8(model: nn.Module, calib_x: torch.Tensor, *, per_channel: bool = True) -> Engine:
-    """ONNX Runtime static int8 (QDQ format, int8 activations and weights) calibrated on calib_x (N, ...)."""
+def _quantize_static_file(src: str, dst: str, calib_x: torch.Tensor, *, per_channel: bool = True) -> str:
+    """ONNX Runtime's static QDQ int8 quantization of the ONNX file `src` into `dst`, calibrated on calib_x (N, ...)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    if calib_x is None or len(calib_x) == 0:
-        raise ValueError("ort_static_int8 needs a non-empty calibration set calib_x of shape (N, *in_shape)")
-    _check_finite(calib_x, "calibration set")
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -89,11 +86,18 @@ def ort_static_int8(model: nn.Module, calib_x: torch.Tensor, *, per_channel: boo
         def get_next(self):
             return next(self.batches, None)
 
-    def quantize_fn(src, dst):
-        quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
-        return dst
-    return _ort_engine("ort_static", model, calib_x[:2], quantize_fn)
+    quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+    return dst
+
+
+def ort_static_int8(model: nn.Module, calib_x: torch.Tensor, *, per_channel: bool = True) -> Engine:
+    """ONNX Runtime static int8 (QDQ format, int8 activations and weights) calibrated on calib_x (N, ...)."""
+    if calib_x is None or len(calib_x) == 0:
+        raise ValueError("ort_static_int8 needs a non-empty calibration set calib_x of shape (N, *in_shape)")
+    _check_finite(calib_x, "calibration set")
+    return _ort_engine("ort_static", model, calib_x[:2],
+                       lambda src, dst: _quantize_static_file(src, dst, calib_x, per_channel=per_channel))
 
 
 def ort_dynamic_int8(model: nn.Module, example: torch.Tensor) -> Engine:
