@@ -14,7 +14,6 @@ Introduced in notebook 00. Three real datasets need no network:
 from __future__ import annotations
 
 import io
-import json
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .utils import atomic_write_bytes, data_dir, sha256_file
+from .cache import read_record, write_verified
+from .utils import data_dir
 
 __all__ = ["Dataset", "DATASETS", "INPUT_SHAPES", "load_dataset", "TensorLoader", "load_torchvision",
            "TORCHVISION_DATASETS"]
@@ -167,14 +167,12 @@ def _load_digits(seed: int) -> Dataset:
 def _mnist1d_arrays(n_unlabeled: int, cache_dir: Path) -> dict[str, np.ndarray]:
     """Generate (or read from the verified cache) the MNIST-1D arrays."""
     path = cache_dir / f"mnist1d-v{_MNIST1D_VERSION}-u{n_unlabeled}.npz"
-    meta = path.with_suffix(".json")
-    if path.exists() and meta.exists():
-        try:
-            if json.loads(meta.read_text())["sha256"] == sha256_file(path):
-                with np.load(path) as z:
-                    return dict(z)
-        except (ValueError, KeyError, OSError):
-            pass  # corrupt cache: regenerate below
+    try:
+        read_record(path)
+        with np.load(path) as z:
+            return dict(z)
+    except (FileNotFoundError, ValueError, KeyError, OSError):
+        pass  # absent or corrupt cache: regenerate below
     from mnist1d.data import get_dataset_args, make_dataset
     with _global_random_state_kept():  # make_dataset reseeds Python's and NumPy's global RNGs
         args = get_dataset_args()  # the canonical MNIST-1D: 5,000 samples, seed 42, 80/20 split
@@ -188,8 +186,7 @@ def _mnist1d_arrays(n_unlabeled: int, cache_dir: Path) -> dict[str, np.ndarray]:
             arrays["x_unlabeled"], arrays["y_unlabeled"] = pool["x"][:n_unlabeled], pool["y"][:n_unlabeled]
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    atomic_write_bytes(path, buf.getvalue())
-    atomic_write_bytes(meta, json.dumps({"sha256": sha256_file(path)}).encode())
+    write_verified(path, buf.getvalue())
     return arrays
 
 

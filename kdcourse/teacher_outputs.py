@@ -16,7 +16,6 @@ still being trained (online distillation), cannot be cached.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
@@ -24,7 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .utils import atomic_write_bytes, cache_lock, data_dir, eval_mode, sha256_file
+from .cache import read_record, record_path, write_record
+from .utils import cache_lock, data_dir, eval_mode
 
 __all__ = ["teacher_key", "cache_teacher_outputs", "load_teacher_outputs"]
 
@@ -57,8 +57,8 @@ def teacher_key(teacher: nn.Module, inputs: torch.Tensor | str) -> str:
     return h.hexdigest()[:16]
 
 
-def _paths(cache_dir: Path, key: str) -> tuple[Path, Path]:
-    return cache_dir / f"teacher-outputs-{key}.npy", cache_dir / f"teacher-outputs-{key}.json"
+def _path(cache_dir: Path, key: str) -> Path:
+    return cache_dir / f"teacher-outputs-{key}.npy"
 
 
 @torch.no_grad()
@@ -89,13 +89,10 @@ def load_teacher_outputs(path: str | Path, *, verify: bool = True) -> torch.Tens
     writing to it never changes the file.
     """
     path = Path(path)
-    meta_path = path.with_suffix(".json")
-    if not path.exists() or not meta_path.exists():
-        raise FileNotFoundError(f"no cached teacher outputs at {path} (and its record {meta_path.name})")
+    if not path.exists() or not record_path(path).exists():
+        raise FileNotFoundError(f"no cached teacher outputs at {path} (and its record {record_path(path).name})")
     if verify:
-        meta = json.loads(meta_path.read_text())
-        if meta.get("sha256") != sha256_file(path):
-            raise ValueError(f"cached teacher outputs {path.name} fail their checksum (file corrupt or changed)")
+        read_record(path)
     return torch.from_numpy(np.load(path, mmap_mode="c"))
 
 
@@ -121,14 +118,12 @@ def cache_teacher_outputs(teacher: nn.Module, x: torch.Tensor, *, batch_size: in
         device = param.device if param is not None else torch.device("cpu")
     device = torch.device(device)
     key = teacher_key(teacher, x if dataset_id is None else dataset_id)
-    path, meta_path = _paths(Path(cache_dir) if cache_dir else data_dir() / "cache", key)
+    path = _path(Path(cache_dir) if cache_dir else data_dir() / "cache", key)
     with cache_lock(path):
         try:
             return load_teacher_outputs(path, verify=verify)
         except (FileNotFoundError, ValueError, OSError):
             pass                                                         # absent or corrupt: build it
         _write_outputs(teacher, x, path, batch_size, device)
-        record = {"sha256": sha256_file(path), "key": key, "rows": len(x), "version": _VERSION,
-                  "inputs": dataset_id or "tensor hash"}
-        atomic_write_bytes(meta_path, json.dumps(record, indent=1).encode())
+        write_record(path, {"key": key, "rows": len(x), "version": _VERSION, "inputs": dataset_id or "tensor hash"})
     return load_teacher_outputs(path, verify=False)

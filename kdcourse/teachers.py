@@ -7,21 +7,17 @@ is detected, reported and rebuilt, never loaded silently.
 """
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import time
-import warnings
 from pathlib import Path
 
-import torch
 from torch import nn
 
+from .cache import load_state, recipe_key, save_state
 from .data import INPUT_SHAPES, load_dataset
 from .models import build_model, preset
 from .profiles import get_profile
 from .training import evaluate, fit
-from .utils import atomic_write_bytes, cache_lock, data_dir, get_device, sha256_file
+from .utils import cache_lock, data_dir, get_device
 
 __all__ = ["get_teacher", "teacher_config", "cache_paths"]
 
@@ -46,28 +42,10 @@ def teacher_config(dataset: str, *, arch: str | None = None, width: int | None =
 
 def cache_paths(config: dict, cache_dir: str | Path | None = None) -> tuple[Path, Path]:
     """(checkpoint path, metadata path) for a teacher recipe."""
-    key = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+    key = recipe_key(config)
     root = Path(cache_dir) if cache_dir else data_dir() / "cache"
     stem = f"teacher-{config['dataset']}-{config['arch']}{config['width']}x{config['depth']}-{key}"
     return root / f"{stem}.pt", root / f"{stem}.json"
-
-
-def _load_cached(model: nn.Module, config: dict, ckpt: Path, meta_path: Path) -> dict | None:
-    """Load a verified checkpoint into `model`; return its metadata, or None (with a warning)."""
-    if not ckpt.exists() and not meta_path.exists():
-        return None
-    try:
-        meta = json.loads(meta_path.read_text())
-        if meta.get("config") != config:
-            raise ValueError("its recipe does not match the requested one")
-        if sha256_file(ckpt) != meta.get("sha256"):
-            raise ValueError("checksum mismatch (file corrupt or changed)")
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        model.load_state_dict(state, strict=True)
-        return meta
-    except (OSError, ValueError, KeyError, RuntimeError, EOFError) as err:
-        warnings.warn(f"teacher cache {ckpt.name} is unusable ({err}); retraining it", stacklevel=3)
-        return None
 
 
 def get_teacher(dataset: str, *, arch: str | None = None, width: int | None = None,
@@ -82,8 +60,10 @@ def get_teacher(dataset: str, *, arch: str | None = None, width: int | None = No
     parameter, because a teacher is a fixed target during distillation (no optimizer step or
     stray gradient may change it, and no autograd graph is kept for it). To fine-tune a copy,
     call ``copy.deepcopy(teacher).requires_grad_(True)``. It carries ``model.cache_info``: a
-    dict with ``loaded`` (bool), ``path``, ``test_acc`` (%), ``train_seconds`` and ``seconds``
-    (this call). A second call with the same arguments loads the checkpoint instead of training.
+    dict with ``loaded`` (bool), ``path``, ``test_acc`` (%), ``train_seconds``, ``seconds``
+    (this call) and ``test_curve``: the test accuracy (%) after each training epoch, to check
+    that the teacher plateaued (None for a checkpoint cached before curves were recorded).
+    A second call with the same arguments loads the checkpoint instead of training.
     """
     t0 = time.perf_counter()
     config = teacher_config(dataset, arch=arch, width=width, depth=depth, epochs=epochs, seed=seed,
@@ -98,28 +78,26 @@ def get_teacher(dataset: str, *, arch: str | None = None, width: int | None = No
     model.zero_grad(set_to_none=True)   # no stale gradients from its own training
     for p in model.parameters():
         p.requires_grad_(False)
+    curve = meta.get("test_curve")   # absent from checkpoints written before curves were recorded
     model.cache_info = {"loaded": loaded, "path": str(ckpt), "test_acc": meta["test_acc"],
-                        "train_seconds": meta["train_seconds"], "seconds": time.perf_counter() - t0}
+                        "train_seconds": meta["train_seconds"], "seconds": time.perf_counter() - t0,
+                        "test_curve": tuple(curve) if curve is not None else None}
     return model
 
 
 def _load_or_train(model: nn.Module, config: dict, ckpt: Path, meta_path: Path, *, device,
                    progress: bool) -> tuple[dict, bool]:
     """Load the verified checkpoint into `model`, or train it and write checkpoint + checksum atomically."""
-    meta = _load_cached(model, config, ckpt, meta_path)
+    meta = load_state(model, ckpt, expect={"config": config}, what="teacher cache", then="retraining it")
     if meta is None:
         dataset, seed, batch_size, lr = config["dataset"], config["seed"], config["batch_size"], config["lr"]
         data_seed, n_train = config["data_seed"], config["n_train"]
         data = load_dataset(dataset, seed=data_seed, n_train=n_train)
         hist = fit(model, data.train_loader(batch_size, seed=seed), epochs=config["epochs"], lr=lr,
-                   seed=seed, device=device, progress=progress, desc=f"teacher {dataset}")
+                   seed=seed, device=device, progress=progress, desc=f"teacher {dataset}",
+                   test=data.test_loader())   # evaluated in eval mode after each epoch: training unchanged
         model.cpu()
         meta = {"config": config, "test_acc": evaluate(model, data.test_loader()),
-                "train_seconds": hist["seconds"]}
-        buf = io.BytesIO()
-        torch.save(model.state_dict(), buf)
-        atomic_write_bytes(ckpt, buf.getvalue())
-        meta["sha256"] = sha256_file(ckpt)
-        atomic_write_bytes(meta_path, json.dumps(meta, indent=1).encode())
-        return meta, False
+                "train_seconds": hist["seconds"], "test_curve": hist["test_acc"]}
+        return save_state(model, ckpt, meta), False
     return meta, True

@@ -8,7 +8,6 @@ checksummed, atomic cache as the image teachers (`kdcourse.teachers`).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import time
@@ -18,8 +17,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..teachers import _load_cached
-from ..utils import atomic_write_bytes, data_dir, eval_mode, sha256_file
+from ..cache import load_state, recipe_key, save_state
+from ..utils import data_dir, eval_mode
 from .losses import token_kd_loss
 from .model import GPT, generate
 from .task import completion, encode_examples, encode_prompts, is_correct, make_questions, scratchpad, tokenizer
@@ -127,7 +126,7 @@ def teacher_logits(teacher: GPT, x: torch.Tensor, *, batch_size: int = 2000) -> 
 
 def lm_cache_paths(config: dict, cache_dir: str | Path | None = None) -> tuple[Path, Path]:
     """(checkpoint path, metadata path) of a cached model, named by `config["name"]` and a hash of the recipe."""
-    key = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+    key = recipe_key(config)
     root = Path(cache_dir) if cache_dir else data_dir() / "cache"
     return root / f"lm-{config['name']}-{key}.pt", root / f"lm-{config['name']}-{key}.json"
 
@@ -147,16 +146,12 @@ def cached_lm(config: dict, train: Callable[[GPT], dict], *, vocab_size: int = l
         raise KeyError("config needs a 'name' and 'model' (GPT keyword arguments)")
     t0 = time.perf_counter()
     model = GPT(vocab_size, **config["model"])
-    ckpt, meta_path = lm_cache_paths(config, cache_dir)
-    meta = _load_cached(model, config, ckpt, meta_path)
+    ckpt, _ = lm_cache_paths(config, cache_dir)
+    meta = load_state(model, ckpt, expect={"config": config}, what="cached model", then="retraining it")
     loaded = meta is not None
     if not loaded:
-        meta = {"config": config, "info": train(model)}
-        buf = io.BytesIO()
-        torch.save(model.state_dict(), buf)
-        atomic_write_bytes(ckpt, buf.getvalue())
-        meta["sha256"] = sha256_file(ckpt)
-        atomic_write_bytes(meta_path, json.dumps(meta).encode())
+        info = train(model)
+        meta = save_state(model, ckpt, {"config": config, "info": info})
     model.eval()
     return model, {**meta["info"], "loaded": loaded, "seconds": time.perf_counter() - t0}
 
