@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.kdcourse-installed
 PIP_OPTS ?=
 JUPYTER_ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: lab test unit notebooks bench install lock clean-cache help
+.PHONY: lab test unit notebooks bench install lock clean-cache help doctor site browser-test
 
 help:
 	@echo "make lab       - set up .venv if needed and open the course in JupyterLab (http://127.0.0.1:8888)"
@@ -15,6 +15,9 @@ help:
 	@echo "make unit      - unit tests only"
 	@echo "make bench     - time a reference workload, every notebook and the speed benchmarks against their targets"
 	@echo "make notebooks - re-execute every notebook in place (fast profile): refreshes outputs and data/results"
+	@echo "make doctor    - check Python, the torch pair, threads, disk, offline data and widgets; one line per check"
+	@echo "make site      - render the committed notebooks to HTML in site/ (open site/index.html), links checked"
+	@echo "make browser-test - run the notebooks in JupyterLab in headless Chromium and check what shows (NOTEBOOKS=00,05)"
 
 install: $(STAMP)
 
@@ -56,3 +59,22 @@ lock: $(STAMP)
 
 clean-cache:
 	rm -rf data/cache
+
+# No .venv needed: the doctor says what is missing (it runs with .venv's Python when there is one).
+doctor:
+	@$(if $(wildcard $(PY)),$(PY),$(PYTHON)) tools/doctor.py
+
+# Static HTML of the committed notebooks (outputs as committed, nothing executed, offline) and a
+# course-map index; fails naming page and link when an internal link is broken. site/ is not committed.
+site: $(STAMP)
+	$(PY) tools/build_site.py --notebooks notebooks --out site
+
+# Every notebook (or NOTEBOOKS=00,05) in JupyterLab in headless Chromium, from temporary copies:
+# clear, run all, then no error output, figures shown, widgets rendered, sliders drive their output.
+# BROWSER_JOBS notebooks at once (tabs; each kernel one torch thread). Installs Debian's chromium
+# with apt-get when it is missing and this runs as root. Screenshots: the printed temporary folder.
+NOTEBOOKS ?=
+BROWSER_JOBS ?= 2
+browser-test: $(STAMP)
+	env -u KDCOURSE_RESULTS KDCOURSE_THREADS=$${KDCOURSE_THREADS:-1} NOTEBOOKS="$(NOTEBOOKS)" \
+		$(PY) tools/browser_test.py --jobs $(BROWSER_JOBS)
