@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.kdcourse-installed
 PIP_OPTS ?=
 JUPYTER_ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: lab test unit notebooks bench install lock clean-cache help doctor site browser-test
+.PHONY: lab test unit notebooks bench install lock clean-cache help doctor site browser-test workshop-check
 
 help:
 	@echo "make lab       - set up .venv if needed and open the course in JupyterLab (http://127.0.0.1:8888)"
@@ -18,6 +18,7 @@ help:
 	@echo "make doctor    - check Python, the torch pair, threads, disk, offline data and widgets; one line per check"
 	@echo "make site      - render the committed notebooks to HTML in site/ (open site/index.html), links checked"
 	@echo "make browser-test - run the notebooks in JupyterLab in headless Chromium and check what shows (NOTEBOOKS=00,05)"
+	@echo "make workshop-check - run exactly the 90-minute workshop's core path (WORKSHOP.md) and report its compute time"
 
 install: $(STAMP)
 
@@ -78,3 +79,8 @@ BROWSER_JOBS ?= 2
 browser-test: $(STAMP)
 	env -u KDCOURSE_RESULTS KDCOURSE_THREADS=$${KDCOURSE_THREADS:-1} NOTEBOOKS="$(NOTEBOOKS)" \
 		$(PY) tools/browser_test.py --jobs $(BROWSER_JOBS)
+
+# The workshop's core path (WORKSHOP.md's notebooks, cells tagged optional or solution left out),
+# fast profile, the laptop's default threads; figures go to a temporary folder. Target: <= 15 min.
+workshop-check: $(STAMP)
+	env -u KDCOURSE_RESULTS KDCOURSE_PROFILE=fast $(PY) tools/workshop_check.py --target-min 15

@@ -45,7 +45,7 @@ def _git_status() -> str | None:
     """`git status --porcelain` of the checkout (untracked files included), or None outside git."""
     try:
         out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT,
-                             capture_output=True, text=True, timeout=60)
+                             capture_output=True, text=True, timeout=600)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout if out.returncode == 0 else None

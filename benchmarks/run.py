@@ -89,7 +89,7 @@ def run_notebook(path: Path, results_dir: Path) -> float:
     nb = nbformat.read(path, as_version=4)
     os.environ["KDCOURSE_RESULTS"] = str(results_dir)
     t0 = time.perf_counter()
-    NotebookClient(nb, timeout=1800, kernel_name="python3",
+    NotebookClient(nb, timeout=14400, kernel_name="python3",
                    resources={"metadata": {"path": str(path.parent)}}).execute()
     return time.perf_counter() - t0
 

@@ -74,8 +74,8 @@ def browser_run(tmp_path_factory):
     before = {p: p.read_bytes() for p in paths}
     shots = tmp_path_factory.mktemp("screenshots")
     env = {**os.environ, "KDCOURSE_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "browser_test.py"), "--jobs", "2", "--timeout", "300",
-                           "--out", str(shots), *map(str, paths)], capture_output=True, text=True, env=env, timeout=900)
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "browser_test.py"), "--jobs", "2", "--timeout", "3600",
+                           "--out", str(shots), *map(str, paths)], capture_output=True, text=True, env=env, timeout=7200)
     out = proc.stdout + proc.stderr
     yield {"proc": proc, "out": out, "before": before, "folder": folder, "shots": shots}
     work = re.search(r"\(log (\S+)/jupyterlab\.log\)", out)  # the tool keeps its log after a failed run

@@ -1,6 +1,6 @@
 """`make browser-test`: run notebooks in JupyterLab, in headless Chromium, as a learner would, and check what shows.
 
-Usage: python tools/browser_test.py [NOTEBOOK ...] [--jobs 2] [--timeout 3600] [--out DIR] [--keep]
+Usage: python tools/browser_test.py [NOTEBOOK ...] [--jobs 2] [--timeout 14400] [--out DIR] [--keep]
 
 NOTEBOOK: a path, or a number or stem of notebooks/ (``00``, ``5``, ``05_pruning``); several may be
 given at once as ``00,05``. Default: $NOTEBOOKS (same syntax), else every notebook in notebooks/.
@@ -76,6 +76,11 @@ class NotebookReport:
 
 
 # ---------------------------------------------------------------- set-up (no browser needed)
+
+# Waits for the page, the kernel and widgets return as soon as the thing is ready; this only ends a
+# hang (a busy 2-core laptop can take minutes), so no check depends on speed.
+GUARD_S = 900
+
 
 def select_notebooks(specs: list[str], *, notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
     """Notebook paths from specs: paths, numbers (``5``, ``05``) or stems, comma-separated or not.
@@ -184,7 +189,7 @@ def lab_command(*, port: int, token: str, root_dir: Path, settings_dir: Path, wo
     return cmd + (["--allow-root"] if is_root else [])
 
 
-def wait_for_server(url: str, token: str, proc: subprocess.Popen, *, timeout: float = 120.0) -> None:
+def wait_for_server(url: str, token: str, proc: subprocess.Popen, *, timeout: float = 900.0) -> None:
     """Wait until JupyterLab answers /api/status; RuntimeError when it exits or does not answer in time."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -357,29 +362,29 @@ async def check_notebook(context, *, base_url: str, token: str, rel_path: str, n
     workspace = "kd-" + "".join(ch if ch.isalnum() else "-" for ch in Path(rel_path).stem)
     try:
         await page.goto(f"{base_url}/lab/workspaces/{workspace}/tree/{quote(rel_path)}?reset&token={token}")
-        if not await _wait(page, _JS_HAS_PANEL, timeout_s=120):
-            report.problems.append(f"{name}: JupyterLab did not open the notebook within 120 s")
+        if not await _wait(page, _JS_HAS_PANEL, timeout_s=GUARD_S):
+            report.problems.append(f"{name}: JupyterLab did not open the notebook within {GUARD_S} s")
             return report
         await page.evaluate(_JS_READY)
         await page.evaluate("() => window.jupyterapp.shell.collapseLeft()")  # the notebook gets the width
-        await _wait(page, _JS_KERNEL_IDLE, timeout_s=120)
+        await _wait(page, _JS_KERNEL_IDLE, timeout_s=GUARD_S)
         await page.evaluate(_JS_RUN_ALL)
         if not await _wait(page, "() => !!window.__kdDone", timeout_s=timeout_s):
             running = [c["index"] for c in await page.evaluate(_JS_CELLS) if c.get("prompt") == "[*]:"]
             report.problems.append(f"{name}: did not finish within {timeout_s:.0f} s (running: cell {running[:1]})")
-        await _wait(page, _JS_KERNEL_IDLE, timeout_s=60)
+        await _wait(page, _JS_KERNEL_IDLE, timeout_s=GUARD_S)
         status = await page.evaluate(_JS_KERNEL_STATUS)
         if status != "idle":
             report.problems.append(f"{name}: kernel is {status} after the run")
         # widgets render asynchronously: give "Loading widget..." a moment to turn into the widget
         await _wait(page, """() => !document.querySelector('.jp-NotebookPanel').innerText.includes('Loading widget...')""",
-                    timeout_s=30)
+                    timeout_s=GUARD_S)
         cells = await page.evaluate(_JS_CELLS)
         report.figures = sum(c.get("figures", 0) for c in cells)
         report.widgets = sum(c.get("widgets", 0) for c in cells)
         report.problems += cell_problems(name, cells)
         for slider in await page.evaluate(_JS_MARK_SLIDERS):
-            problem = await move_slider(page, slider, name=name, timeout_s=60)
+            problem = await move_slider(page, slider, name=name, timeout_s=GUARD_S)
             report.sliders += problem is None
             if problem:
                 report.problems.append(problem)
@@ -425,7 +430,7 @@ async def run_in_browser(jobs: list[tuple[str, str]], *, chromium: Path, base_ur
 
 # ---------------------------------------------------------------- the whole run
 
-def run(paths: list[Path], *, parallel: int = 2, timeout_s: float = 3600.0, shot_dir: Path | None = None,
+def run(paths: list[Path], *, parallel: int = 2, timeout_s: float = 14400.0, shot_dir: Path | None = None,
         keep: bool = False) -> int:
     """Browser-test the notebooks at `paths`; print one line per notebook and problem; 0 when all pass."""
     try:
@@ -488,8 +493,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("notebooks", nargs="*", help="paths, numbers or stems (default: $NOTEBOOKS, else all)")
     parser.add_argument("--jobs", type=int, default=int(os.environ.get("BROWSER_JOBS", "2")),
                         help="notebooks run at once, each in its tab with its kernel (default 2)")
-    parser.add_argument("--timeout", type=float, default=float(os.environ.get("BROWSER_TIMEOUT", "3600")),
-                        help="seconds allowed per notebook run (default 3600: catches a hang, not slowness)")
+    parser.add_argument("--timeout", type=float, default=float(os.environ.get("BROWSER_TIMEOUT", "14400")),
+                        help="seconds allowed per notebook run (default 14400: catches a hang, not slowness)")
     parser.add_argument("--out", type=Path, default=None, help="screenshot folder (default: a temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary notebooks, figures and logs")
     args = parser.parse_args(argv)

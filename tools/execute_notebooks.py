@@ -29,7 +29,7 @@ def main(paths: list[str]) -> int:
     for p in map(Path, paths):
         nb = nbformat.read(p, as_version=4)
         t0 = time.perf_counter()
-        NotebookClient(nb, timeout=900, kernel_name="python3",
+        NotebookClient(nb, timeout=14400, kernel_name="python3",
                        resources={"metadata": {"path": str(p.parent)}}).execute()
         clean(nb)
         nbformat.write(nb, p)

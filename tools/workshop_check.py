@@ -50,7 +50,7 @@ def run_core(path: Path) -> float:
     nb.cells = [nb.cells[i] for i in keep]
     t0 = time.perf_counter()
     try:
-        NotebookClient(nb, timeout=1800, kernel_name="python3",
+        NotebookClient(nb, timeout=14400, startup_timeout=900, kernel_name="python3",
                        resources={"metadata": {"path": str(path.parent)}}).execute()
     except CellExecutionError as err:
         failed = next((keep[j] for j, c in enumerate(nb.cells)
