@@ -19,10 +19,12 @@ def _claims_01(r):
 
 def _claims_02(r):
     assert r["mnist1d_fitnets_acc"] >= r["mnist1d_scratch_acc"] + 5
+    assert r["mnist1d_fitnets_vs_scratch_lo"] > 0 and r["mnist1d_fitnets_vs_kd_lo"] > 0   # both gains resolved (one rule)
 
 
 def _claims_03(r):
     assert r["rkd_recall1"] > r["scratch_recall1"] and r["teacher_recall1"] > r["rkd_recall1"]
+    assert r["rkd_vs_scratch_recall1_lo"] > 0        # RKD's retrieval gain: the paired interval lies above 0
 
 
 def _claims_04(r):
@@ -31,9 +33,13 @@ def _claims_04(r):
 
 def _claims_05(r):
     assert r["unstructured90_acc"] >= r["dense_acc"] - 0.5
+    assert r["unstructured90_vs_dense_ft_lo"] > -1.0        # vs dense + the same fine-tune: any loss < 1 pt (95 % CI)
     assert r["structured50_param_ratio"] <= 0.3  # a size: deterministic, so a test
     assert max(r["structured50_finetune_acc"], r["structured50_kd_acc"]) >= r["dense_acc"] - 0.5
+    assert r["structured50_kd_vs_finetune_pts"] < 0 and r["structured50_kd_vs_finetune_lo"] < 0   # all labels: KD no gain
     assert r["few_labels_kd_acc"] >= r["few_labels_finetune_acc"] + 1  # KD pays when labels are scarce
+    assert r["few_labels_hard_vs_finetune_lo"] > 0 and r["few_labels_kd_vs_finetune_lo"] > 0      # both resolved gains
+    assert r["few_labels_soft_vs_hard_lo"] <= 0        # the soft part adds nothing resolved over hard teacher labels
 
 
 def _claims_06(r):
@@ -42,6 +48,7 @@ def _claims_06(r):
     gap = r["fp32_acc"] - r["ptq_low_bit_acc"]
     assert gap >= 5, "PTQ should visibly break at the low bit width"
     assert r["qat_low_bit_acc"] - r["ptq_low_bit_acc"] >= 0.5 * gap, "QAT should recover at least half the gap"
+    assert r["qat_vs_ptq_lo"] > 0, "QAT's recovery is resolved by the paired interval"
 
 
 def _claims_07(r):
@@ -80,18 +87,35 @@ CLAIMS = {
     "01_soft_labels": (["transfer_scratch_acc", "transfer_kd_acc", "transfer_oracle_acc", "omitted_ce_class_acc",
                         "omitted_kd_class_acc", "omitted_kd_corrected_class_acc", "omitted_kd_corrected_other_acc",
                         "same_set_kd_gain_pts", "same_set_kd_gain_std"], _claims_01),
-    "02_feature_distillation": (["mnist1d_scratch_acc", "mnist1d_kd_acc", "mnist1d_fitnets_acc", "mnist_scratch_acc",
-                                 "mnist_fitnets_acc", "mnist_at_acc", "mnist1d_scratch_std", "mnist1d_fitnets_std"],
-                                _claims_02),
-    "03_relation_distillation": (["scratch_recall1", "rkd_recall1", "sp_recall1", "pkt_recall1", "teacher_recall1",
-                                  "scratch_acc", "rkd_acc", "sp_acc", "pkt_acc", "teacher_acc"], _claims_03),
+    "02_feature_distillation": (
+        ["mnist1d_scratch_acc", "mnist1d_kd_acc", "mnist1d_fitnets_acc", "mnist_scratch_acc", "mnist_fitnets_acc",
+         "mnist_at_acc", "mnist1d_scratch_std", "mnist1d_fitnets_std", "mnist1d_fitnets_vs_scratch_pts",
+         "mnist1d_fitnets_vs_scratch_lo", "mnist1d_fitnets_vs_scratch_hi", "mnist1d_fitnets_vs_kd_pts",
+         "mnist1d_fitnets_vs_kd_lo"],
+        _claims_02),
+    "03_relation_distillation": (
+        ["scratch_recall1", "rkd_recall1", "sp_recall1", "pkt_recall1", "teacher_recall1", "scratch_acc",
+         "rkd_acc", "sp_acc", "pkt_acc", "teacher_acc", "rkd_vs_scratch_recall1_pts", "rkd_vs_scratch_recall1_lo",
+         "rkd_vs_scratch_recall1_hi"],
+        _claims_03),
     "04_teacher_assistants": (["student_scratch_acc", "student_direct_acc", "student_chain_acc",
                                "capacity_gap_points", "student_scratch_acc_std", "student_direct_acc_std",
                                "student_chain_acc_std"], _claims_04),
-    "05_pruning": (["dense_acc", "unstructured90_acc", "structured50_param_ratio", "structured50_finetune_acc",
-                    "structured50_kd_acc", "few_labels_kd_acc", "few_labels_finetune_acc"], _claims_05),
-    "06_quantization": (["fp32_acc", "int8_acc", "int8_size_ratio", "ptq_low_bit_acc", "qat_low_bit_acc",
-                         "qat_kd_low_bit_acc", "pt2e_x86_acc", "torchao_linear_acc", "ort_static_acc"], _claims_06),
+    "05_pruning": (
+        ["dense_acc", "unstructured90_acc", "structured50_param_ratio", "structured50_finetune_acc",
+         "structured50_kd_acc", "few_labels_kd_acc", "few_labels_finetune_acc", "unstructured90_vs_dense_ft_pts",
+         "unstructured90_vs_dense_ft_lo", "unstructured90_vs_dense_ft_hi", "structured50_kd_vs_finetune_pts",
+         "structured50_kd_vs_finetune_lo", "structured50_kd_vs_finetune_hi", "few_labels_hard_acc",
+         "few_labels_temperature", "few_labels_soft_vs_hard_pts", "few_labels_soft_vs_hard_lo",
+         "few_labels_soft_vs_hard_hi", "few_labels_kd_vs_finetune_pts", "few_labels_kd_vs_finetune_lo",
+         "few_labels_kd_vs_finetune_hi", "few_labels_hard_vs_finetune_pts", "few_labels_hard_vs_finetune_lo",
+         "few_labels_hard_vs_finetune_hi"],
+        _claims_05),
+    "06_quantization": (
+        ["fp32_acc", "int8_acc", "int8_size_ratio", "ptq_low_bit_acc", "qat_low_bit_acc", "qat_kd_low_bit_acc",
+         "pt2e_x86_acc", "torchao_linear_acc", "ort_static_acc", "qat_vs_ptq_pts", "qat_vs_ptq_lo",
+         "qat_vs_ptq_hi", "qat_kd_vs_qat_pts", "qat_kd_vs_qat_lo", "qat_kd_vs_qat_hi"],
+        _claims_06),
     "07_compression_pipeline": (["teacher_acc", "final_acc", "final_acc_std", "final_size_ratio",
                                  "final_latency_ratio_b256", "final_latency_ratio_b1", "student_kd_acc",
                                  "student_scratch_acc", "export_acc", "int8_acc", "prune_acc", "distil_size_ratio",
