@@ -56,3 +56,13 @@ def test_workshop_md_without_notebooks_is_refused(tmp_path):
     (tmp_path / "WORKSHOP.md").write_text("nothing here\n")
     with pytest.raises(SystemExit, match="links no notebooks"):
         wc.core_path(tmp_path / "WORKSHOP.md")
+
+
+def test_the_real_workshop_path_links_notebooks_and_marks_optional_sections():
+    paths = wc.core_path(ROOT / "WORKSHOP.md")
+    assert paths and all(p.exists() for p in paths), [p.name for p in paths if not p.exists()]
+    for p in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        for i, c in enumerate(json.loads(p.read_text())["cells"]):
+            text = "".join(c["source"])
+            if "optional" in c["metadata"].get("tags", []) and c["cell_type"] == "markdown" and text.startswith("#"):
+                assert "Optional in the 90-minute workshop path" in text, f"{p.name} [{i}]: optional section without its banner"
