@@ -3,7 +3,7 @@
 Import it as ``import kdcourse as kd``. Importing has no side effects: nothing is seeded,
 downloaded, trained or written until you call a function.
 """
-from . import (benchmark, chains, data, datafree, exercises, features, hooks, lm, logit_losses, losses, metrics, models,
+from . import (augment, benchmark, cache, chains, data, datafree, exercises, features, hooks, lm, logit_losses, losses, metrics, models,
                pipeline, profiles, pruning, quantization, relations, results, similarity, stats, teacher_outputs,
                teachers, training, utils)
 from .data import load_dataset, load_torchvision
@@ -19,7 +19,7 @@ from .utils import get_device, seed_everything, set_threads, show_source
 __version__ = "0.1.0"
 
 __all__ = [
-    "benchmark", "chains", "data", "datafree", "exercises", "features", "hooks", "lm", "logit_losses", "losses", "metrics", "models", "pipeline", "profiles",
+    "augment", "benchmark", "cache", "chains", "data", "datafree", "exercises", "features", "hooks", "lm", "logit_losses", "losses", "metrics", "models", "pipeline", "profiles",
     "pruning", "quantization", "relations", "results", "similarity", "stats", "teacher_outputs", "teachers",
     "training", "utils", "load_dataset", "load_torchvision", "check", "capture", "build_model",
     "count_params", "model_size_bytes", "preset", "get_profile", "load_results", "record",

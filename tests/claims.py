@@ -12,9 +12,17 @@ def _claims_00(r):
 
 
 def _claims_01(r):
+    assert abs(r["same_set_kd_gain_pts"]) < 2 and r["same_set_kd_gain_lo"] <= 0        # no resolved same-set gain
     assert r["transfer_kd_acc"] >= r["transfer_scratch_acc"] + 8
     assert r["transfer_kd_acc"] >= 0.9 * r["transfer_oracle_acc"]
-    assert r["omitted_ce_class_acc"] < 1 and r["omitted_kd_corrected_class_acc"] >= 85
+    assert r["transfer_soft_vs_hard_pts"] < 2 and r["transfer_soft_vs_hard_lo"] <= 0  # the pool: hard labels get ~all
+    # issue 12's targets: +3 pt with a CI above 0 (committed run +3.6 at 1 thread, +4.8 / +4.7 at 2 / 4 threads);
+    # 0.5 pt of slack for float differences between CPUs
+    assert r["function_matching_gain_pts"] >= 2.5 and r["function_matching_gain_lo"] > 0
+    assert r["soft_vs_hard_best_pts"] >= 2 and r["soft_vs_hard_best_lo"] > 0
+    assert r["omitted_hard_class_acc"] < 1 and r["omitted_kd_corrected_class_acc"] >= 85
+    assert r["omitted_soft_vs_hard_pts"] > 20 and r["omitted_soft_vs_hard_lo"] > 0
+    assert r["fidelity_soft"] > r["fidelity_hard"]                                      # fidelity follows accuracy
 
 
 def _claims_02(r):
@@ -84,9 +92,15 @@ def _claims_09(r):
 CLAIMS = {
     "00_orientation": (["mnist_teacher_acc", "mnist_student_acc", "mnist1d_teacher_acc", "mnist1d_student_acc"],
                        _claims_00),
-    "01_soft_labels": (["transfer_scratch_acc", "transfer_kd_acc", "transfer_oracle_acc", "omitted_ce_class_acc",
-                        "omitted_kd_class_acc", "omitted_kd_corrected_class_acc", "omitted_kd_corrected_other_acc",
-                        "same_set_kd_gain_pts", "same_set_kd_gain_std"], _claims_01),
+    "01_soft_labels": (
+        ["same_set_kd_gain_pts", "same_set_kd_gain_lo", "same_set_kd_gain_hi", "transfer_scratch_acc",
+         "transfer_kd_acc", "transfer_hard_acc", "transfer_oracle_acc", "transfer_soft_vs_hard_pts",
+         "transfer_soft_vs_hard_lo", "transfer_soft_vs_hard_hi", "function_matching_gain_pts",
+         "function_matching_gain_lo", "function_matching_gain_hi", "soft_vs_hard_best_pts",
+         "soft_vs_hard_best_lo", "soft_vs_hard_best_hi", "omitted_soft_vs_hard_pts", "omitted_soft_vs_hard_lo",
+         "omitted_soft_vs_hard_hi", "omitted_hard_class_acc", "omitted_kd_corrected_class_acc", "fidelity_soft",
+         "fidelity_hard", "ece_soft", "ece_hard"],
+        _claims_01),
     "02_feature_distillation": (
         ["mnist1d_scratch_acc", "mnist1d_kd_acc", "mnist1d_fitnets_acc", "mnist_scratch_acc", "mnist_fitnets_acc",
          "mnist_at_acc", "mnist1d_scratch_std", "mnist1d_fitnets_std", "mnist1d_fitnets_vs_scratch_pts",
