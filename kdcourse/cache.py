@@ -4,7 +4,7 @@ A cached file ``X.pt`` / ``X.npz`` / ``X.npy`` is written atomically (temporary 
 rename) and described by a sidecar record ``X.json`` holding its SHA-256 and the recipe that
 made it. A reader verifies both before trusting the file: a corrupt, truncated, stale or
 mismatching file is rebuilt by the caller, never loaded. Used by teachers, data (MNIST-1D),
-teacher outputs and the language models of notebook 08.
+teacher outputs, the language models of notebook 08 and the synthesised sets of notebook 09.
 """
 from __future__ import annotations
 

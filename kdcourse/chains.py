@@ -21,8 +21,12 @@ from .data import TensorLoader
 from .losses import KD, check_temperature
 from .models import count_params
 from .training import evaluate, fit, predict
+from .utils import as_number
 
-__all__ = ["ChainLink", "run_chain", "chain_seconds", "time_epochs", "target_entropy"]
+__all__ = ["ChainLink", "run_chain", "cosine_schedule", "chain_seconds", "time_epochs", "target_entropy",
+           "SCHEDULES"]
+
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -43,7 +47,7 @@ def run_chain(teacher: nn.Module, models: Sequence[nn.Module], x_train: torch.Te
               y_train: torch.Tensor, *, test, epochs: int | Sequence[int], T: float = 4.0,
               alpha: float = 0.5, batch_size: int = 128, lr: float = 1e-3, seed: int = 0,
               names: Sequence[str] | None = None, device=None, progress: bool = False,
-              curve: bool = False) -> list[ChainLink]:
+              curve: bool = False, schedule: str = "constant") -> list[ChainLink]:
     """Distil `teacher` into ``models[0]``, then ``models[0]`` into ``models[1]``, and so on.
 
     models: untrained models, assistants first and the student last (one model = direct KD).
@@ -53,8 +57,12 @@ def run_chain(teacher: nn.Module, models: Sequence[nn.Module], x_train: torch.Te
     per link. Loss of each link: Hinton KD, ``alpha*CE + (1-alpha)*T^2*KL`` (`losses.KD`).
     curve=True also evaluates `test` after every epoch (``ChainLink.test_curve``, to check
     that a run has plateaued); training is unchanged, the epoch times include the evaluation.
+    schedule: "constant" (Adam at `lr` throughout) or "cosine" (each link's learning rate falls
+    from `lr` to 0 along a half cosine over its optimizer steps, `cosine_schedule`).
     Returns one `ChainLink` per model, in order; the models are trained in place.
     """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
     models = list(models)
     if not models:
         raise ValueError("run_chain needs at least one model to train (the student)")
@@ -69,12 +77,27 @@ def run_chain(teacher: nn.Module, models: Sequence[nn.Module], x_train: torch.Te
     for model, n_epochs, name in zip(models, epochs, names):
         t_out = predict(previous, x_train, device=device)  # (N, C) soft targets of this link
         loader = TensorLoader(x_train, y_train, t_out, batch_size=batch_size, seed=seed)
+        sched = cosine_schedule(n_epochs * len(loader)) if schedule == "cosine" else None
         hist = fit(model, loader, epochs=n_epochs, loss_fn=KD(T=T, alpha=alpha), lr=lr, seed=seed,
-                   test=test if curve else None, device=device, progress=progress, desc=f"chain {name}")
+                   test=test if curve else None, device=device, progress=progress, desc=f"chain {name}",
+                   scheduler=sched)
         links.append(ChainLink(name, model, evaluate(model, test, device=device), hist["seconds"],
                                count_params(model), tuple(hist["epoch_seconds"]), tuple(hist["test_acc"])))
         previous = model
     return links
+
+
+def cosine_schedule(total_steps: int):
+    """A `fit` scheduler factory: the learning rate follows a half cosine from its start value to 0.
+
+    lr_k = lr_0 * (1 + cos(pi * k / total_steps)) / 2 after k optimizer steps (SGDR without
+    restarts: Loshchilov & Hutter, ICLR 2017), so the last epochs take small steps and a run ends
+    on a flat stretch of its test curve instead of wherever a constant step leaves it.
+    """
+    total_steps = as_number(total_steps, "total_steps", integer=True)
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+    return lambda optimizer: torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
 
 
 def chain_seconds(links: Sequence[ChainLink], *, robust: bool = False) -> float:

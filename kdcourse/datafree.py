@@ -3,7 +3,8 @@
 * DeepInversion (Yin et al. 2020): optimise random inputs until the teacher's BatchNorm layers
   see the batch statistics they stored during training (`bn_statistics`, `bn_penalty`), the
   teacher predicts the wanted class, and the inputs are smooth (`total_variation`); then
-  distil a student on those inputs only (`synthesize`).
+  distil a student on those inputs only (`synthesize`), or on mixes of them that the teacher
+  labels (`mix_views`).
 * Ensembles (Hinton et al. 2015, section 3): several teachers' mean logits as one teacher (`Ensemble`).
 * Deep mutual learning (Zhang et al. 2018): a cohort of students trained together, each also
   matching the others' predictions (`Cohort` + `MutualLoss`, trained with the ordinary `fit`).
@@ -22,11 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cache import read_record, recipe_key, record_path, write_verified
 from .losses import _cross_entropy, check_temperature, soft_kl
-from .utils import as_number, atomic_write_bytes, cache_lock, data_dir, eval_mode, sha256_file
+from .utils import as_number, cache_lock, data_dir, eval_mode
 
 __all__ = ["bn_penalty", "bn_statistics", "total_variation", "random_shift", "synthesize",
-           "synthesize_cached", "model_digest",
+           "synthesize_cached", "model_digest", "mix_views",
            "Ensemble", "Cohort", "MutualLoss"]
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -87,7 +89,8 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) ->
     return torch.roll(x, shifts=shifts, dims=dims)
 
 
-def _synthesize_batch(teacher, y, in_shape, *, steps, lr, bn_weight, tv_weight, l2_weight, jitter, gen):
+def _synthesize_batch(teacher, y, in_shape, *, steps, lr, bn_weight, first_bn_scale, tv_weight, l2_weight, jitter,
+                      gen):
     """One batch of DeepInversion: optimise x (len(y), *in_shape) from N(0, 1) noise with Adam."""
     x = torch.randn(len(y), *in_shape, generator=gen).requires_grad_(True)
     opt = torch.optim.Adam([x], lr=lr)
@@ -96,7 +99,7 @@ def _synthesize_batch(teacher, y, in_shape, *, steps, lr, bn_weight, tv_weight, 
         if bn_weight:
             with bn_statistics(teacher) as penalties:
                 out = teacher(xj)
-            bn_term = torch.stack(penalties).sum()
+            bn_term = torch.stack(penalties).sum() + (first_bn_scale - 1) * penalties[0]   # hooks fire in forward order
         else:
             out, bn_term = teacher(xj), 0.0
         loss = (F.cross_entropy(out, y) + bn_weight * bn_term + tv_weight * total_variation(xj)
@@ -108,21 +111,26 @@ def _synthesize_batch(teacher, y, in_shape, *, steps, lr, bn_weight, tv_weight, 
 
 
 def synthesize(teacher: nn.Module, n: int, *, in_shape: Sequence[int], n_classes: int = 10, steps: int = 70,
-               batch_size: int = 256, lr: float = 0.2, bn_weight: float = 1.0, tv_weight: float = 1e-2,
-               l2_weight: float = 1e-3, jitter: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+               batch_size: int = 256, lr: float = 0.2, bn_weight: float = 1.0, first_bn_scale: float = 1.0,
+               tv_weight: float = 1e-2, l2_weight: float = 1e-3, jitter: int = 2,
+               seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """DeepInversion: `n` inputs (n, *in_shape) and their target classes (n,), balanced over classes.
 
     Each batch starts from Gaussian noise and takes `steps` Adam steps (lr) on
-        CE(teacher(shift(x)), y) + bn_weight * sum_layers bn_penalty + tv_weight * TV(x) + l2_weight * mean(x^2),
-    with a random shift of up to `jitter` positions per step. ``bn_weight=0`` is the control
-    without the BN prior. The teacher runs in eval mode (its running statistics are the target)
-    and is not changed. Yin et al., "Dreaming to Distill: Data-free Knowledge Transfer via
-    DeepInversion", CVPR 2020.
+        CE(teacher(shift(x)), y) + bn_weight * sum_l s_l * bn_penalty_l + tv_weight * TV(x) + l2_weight * mean(x^2),
+    with a random shift of up to `jitter` positions per step; s_l = `first_bn_scale` for the first
+    BatchNorm layer the input reaches and 1 for the others (the authors' code has the same knob,
+    ``first_bn_multiplier``: the first layer's statistics are the closest to the pixels).
+    ``bn_weight=0`` is the control without the BN prior. The teacher runs in eval mode (its
+    running statistics are the target) and is not changed. Yin et al., "Dreaming to Distill:
+    Data-free Knowledge Transfer via DeepInversion", CVPR 2020.
     """
     n, steps = as_number(n, "n", integer=True), as_number(steps, "steps", integer=True)
     batch_size = as_number(batch_size, "batch_size", integer=True)
     if n < 1 or steps < 0 or batch_size < 1:
         raise ValueError(f"need n >= 1, steps >= 0, batch_size >= 1; got n={n}, steps={steps}, batch_size={batch_size}")
+    if as_number(first_bn_scale, "first_bn_scale") < 0 or as_number(bn_weight, "bn_weight") < 0:
+        raise ValueError(f"bn_weight and first_bn_scale must be >= 0, got {bn_weight} and {first_bn_scale}")
     gen = torch.Generator().manual_seed(as_number(seed, "seed", integer=True))
     y = torch.arange(n) % n_classes
     device = next(teacher.parameters()).device
@@ -130,8 +138,8 @@ def synthesize(teacher: nn.Module, n: int, *, in_shape: Sequence[int], n_classes
     with eval_mode(teacher):
         for i in range(0, n, batch_size):
             xs.append(_synthesize_batch(teacher, y[i:i + batch_size].to(device), tuple(in_shape), steps=steps, lr=lr,
-                                        bn_weight=bn_weight, tv_weight=tv_weight, l2_weight=l2_weight,
-                                        jitter=jitter, gen=gen).cpu())
+                                        bn_weight=bn_weight, first_bn_scale=first_bn_scale, tv_weight=tv_weight,
+                                        l2_weight=l2_weight, jitter=jitter, gen=gen).cpu())
     return torch.cat(xs), y
 
 
@@ -152,15 +160,13 @@ def synthesize_cached(teacher: nn.Module, n: int, *, cache_dir: str | Path | Non
     is written atomically with a SHA-256 sidecar, and a corrupt or mismatching file is rebuilt,
     never loaded. A second process asking for the same set waits for the first (`cache_lock`).
     """
-    recipe = {"teacher": model_digest(teacher), "n": int(n), **{k: settings[k] for k in sorted(settings)}}
-    key = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=list).encode()).hexdigest()[:16]
-    path = (Path(cache_dir) if cache_dir else data_dir() / "cache") / f"deepinversion-{key}.pt"
-    meta = path.with_suffix(".json")
+    recipe = json.loads(json.dumps({"teacher": model_digest(teacher), "n": int(n),
+                                    **{k: settings[k] for k in sorted(settings)}}, default=list))
+    path = (Path(cache_dir) if cache_dir else data_dir() / "cache") / f"deepinversion-{recipe_key(recipe)}.pt"
     with cache_lock(path):
-        if path.exists() and meta.exists():
+        if path.exists() or record_path(path).exists():
             try:
-                if json.loads(meta.read_text()).get("sha256") != sha256_file(path):
-                    raise ValueError("checksum mismatch")
+                read_record(path, expect={"recipe": recipe})
                 saved = torch.load(path, map_location="cpu", weights_only=True)
                 return saved["x"], saved["y"], True
             except (OSError, ValueError, KeyError, RuntimeError, EOFError) as err:
@@ -168,9 +174,28 @@ def synthesize_cached(teacher: nn.Module, n: int, *, cache_dir: str | Path | Non
         x, y = synthesize(teacher, n, **settings)
         buf = io.BytesIO()
         torch.save({"x": x, "y": y}, buf)
-        atomic_write_bytes(path, buf.getvalue())
-        atomic_write_bytes(meta, json.dumps({"recipe": recipe, "sha256": sha256_file(path)}).encode())
+        write_verified(path, buf.getvalue(), {"recipe": recipe})
     return x, y, False
+
+
+def mix_views(x: torch.Tensor, n_views: int, *, seed: int = 0) -> torch.Tensor:
+    """`n_views` mixup views of unlabelled inputs, stacked: (N, ...) -> (n_views * N, ...).
+
+    View k, row i: lam * x_i + (1 - lam) * x_j with lam ~ U(0, 1) and a partner j from a fresh
+    random permutation of the N rows (one lam per row and view). There are no labels to mix: the
+    teacher labels each mixed input, so the student matches the teacher's function between the
+    inputs too (mixup: Zhang, Cisse, Dauphin & Lopez-Paz, ICLR 2018; "function matching" on mixed
+    views: Beyer et al., CVPR 2022). One generator seeded by `seed`: the same views every call.
+    """
+    n_views = as_number(n_views, "n_views", integer=True)
+    if n_views < 1 or len(x) < 2:
+        raise ValueError(f"mix_views needs n_views >= 1 and at least 2 inputs, got n_views={n_views}, N={len(x)}")
+    g = torch.Generator().manual_seed(as_number(seed, "seed", integer=True))
+    views = []
+    for _ in range(n_views):
+        lam = torch.rand(len(x), *[1] * (x.dim() - 1), generator=g, dtype=x.dtype)
+        views.append(lam * x + (1 - lam) * x[torch.randperm(len(x), generator=g)])
+    return torch.cat(views)
 
 
 class Ensemble(nn.Module):

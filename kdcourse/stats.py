@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-__all__ = ["mean_std", "paired_difference", "describe_difference", "recovered_share", "compare_runs", "plateaued"]
+__all__ = ["mean_std", "paired_difference", "describe_difference", "recovered_share", "plateaued"]
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -72,22 +72,6 @@ def recovered_share(fp32_acc: float, ptq_acc: float, qat_acc: float, *, noise: f
     if lost <= noise:  # noise >= 0, so this also covers lost <= 0
         return None
     return (qat_acc - ptq_acc) / lost
-
-
-def compare_runs(candidate: Sequence[float], baseline: Sequence[float]) -> dict:
-    """Is `candidate` better than `baseline` by more than the seed-to-seed spread?
-
-    Both are per-seed accuracies (same seeds, same order). Returns ``gain`` (difference of
-    means, points), ``spread`` (the larger of the two sample stds) and ``beats``
-    (``gain > spread``). A rough heuristic kept for notebook 04; prefer `paired_difference`,
-    which uses the pairing of seeds.
-    """
-    if len(candidate) != len(baseline) or len(candidate) < 2:
-        raise ValueError(f"need the same number (>= 2) of seeds on both sides, got "
-                         f"{len(candidate)} and {len(baseline)}")
-    (mc, sc), (mb, sb) = mean_std(candidate), mean_std(baseline)
-    gain, spread = mc - mb, max(sc, sb)
-    return {"gain": gain, "spread": spread, "beats": gain > spread}
 
 
 def plateaued(curve: Sequence[float], *, window: int = 5, tol: float = 0.5) -> bool:

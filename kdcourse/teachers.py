@@ -13,6 +13,7 @@ from pathlib import Path
 from torch import nn
 
 from .cache import load_state, recipe_key, save_state
+from .chains import SCHEDULES, cosine_schedule
 from .data import INPUT_SHAPES, load_dataset
 from .models import build_model, preset
 from .profiles import get_profile
@@ -27,17 +28,27 @@ _CACHE_VERSION = 1
 def teacher_config(dataset: str, *, arch: str | None = None, width: int | None = None,
                    depth: int | None = None, epochs: int | None = None, seed: int = 0,
                    lr: float = 1e-3, batch_size: int = 128, data_seed: int = 0,
-                   n_train: int | None = None, profile=None) -> dict:
-    """The full recipe of a teacher; unset sizes come from `models.preset` and the profile."""
+                   n_train: int | None = None, profile=None, schedule: str = "constant") -> dict:
+    """The full recipe of a teacher; unset sizes come from `models.preset` and the profile.
+
+    schedule: "constant" (Adam at `lr`) or "cosine" (`chains.cosine_schedule` over all steps). The key
+    enters the recipe only when it is not "constant", so the recipes (and cache files) of constant-lr
+    teachers are those written before schedules existed.
+    """
     if dataset not in INPUT_SHAPES:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {tuple(INPUT_SHAPES)}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
     p = preset("teacher", dataset)
     prof = profile or get_profile()
-    return {"dataset": dataset, "arch": arch or p["arch"], "width": width or p["width"],
-            "depth": depth or p["depth"],
-            "epochs": prof.teacher_epochs[dataset] if epochs is None else epochs,
-            "seed": seed, "lr": lr, "batch_size": batch_size, "data_seed": data_seed,
-            "n_train": n_train, "cache_version": _CACHE_VERSION}
+    config = {"dataset": dataset, "arch": arch or p["arch"], "width": width or p["width"],
+              "depth": depth or p["depth"],
+              "epochs": prof.teacher_epochs[dataset] if epochs is None else epochs,
+              "seed": seed, "lr": lr, "batch_size": batch_size, "data_seed": data_seed,
+              "n_train": n_train, "cache_version": _CACHE_VERSION}
+    if schedule != "constant":
+        config["schedule"] = schedule
+    return config
 
 
 def cache_paths(config: dict, cache_dir: str | Path | None = None) -> tuple[Path, Path]:
@@ -52,10 +63,11 @@ def get_teacher(dataset: str, *, arch: str | None = None, width: int | None = No
                 depth: int | None = None, epochs: int | None = None, seed: int = 0,
                 lr: float = 1e-3, batch_size: int = 128, data_seed: int = 0,
                 n_train: int | None = None, profile=None, cache_dir: str | Path | None = None,
-                device=None, progress: bool = True) -> nn.Module:
+                device=None, progress: bool = True, schedule: str = "constant") -> nn.Module:
     """Return a trained teacher for `dataset`, training and caching it on the first call.
 
-    Sizes default to ``preset("teacher", dataset)`` and the profile's ``teacher_epochs``.
+    Sizes default to ``preset("teacher", dataset)`` and the profile's ``teacher_epochs``; the learning
+    rate is constant unless ``schedule="cosine"`` (see `teacher_config`).
     The model comes back frozen: in eval mode and with ``requires_grad=False`` on every
     parameter, because a teacher is a fixed target during distillation (no optimizer step or
     stray gradient may change it, and no autograd graph is kept for it). To fine-tune a copy,
@@ -68,7 +80,7 @@ def get_teacher(dataset: str, *, arch: str | None = None, width: int | None = No
     t0 = time.perf_counter()
     config = teacher_config(dataset, arch=arch, width=width, depth=depth, epochs=epochs, seed=seed,
                             lr=lr, batch_size=batch_size, data_seed=data_seed, n_train=n_train,
-                            profile=profile)
+                            profile=profile, schedule=schedule)
     ckpt, meta_path = cache_paths(config, cache_dir)
     model = build_model(config["arch"], INPUT_SHAPES[dataset], width=config["width"],
                         depth=config["depth"], seed=seed)
@@ -93,7 +105,9 @@ def _load_or_train(model: nn.Module, config: dict, ckpt: Path, meta_path: Path, 
         dataset, seed, batch_size, lr = config["dataset"], config["seed"], config["batch_size"], config["lr"]
         data_seed, n_train = config["data_seed"], config["n_train"]
         data = load_dataset(dataset, seed=data_seed, n_train=n_train)
-        hist = fit(model, data.train_loader(batch_size, seed=seed), epochs=config["epochs"], lr=lr,
+        loader = data.train_loader(batch_size, seed=seed)
+        sched = cosine_schedule(config["epochs"] * len(loader)) if config.get("schedule") == "cosine" else None
+        hist = fit(model, loader, epochs=config["epochs"], lr=lr, scheduler=sched,
                    seed=seed, device=device, progress=progress, desc=f"teacher {dataset}",
                    test=data.test_loader())   # evaluated in eval mode after each epoch: training unchanged
         model.cpu()

@@ -6,7 +6,8 @@ import torch
 
 import kdcourse as kd
 from kdcourse import chains
-from kdcourse.chains import ChainLink, chain_seconds, run_chain, target_entropy, time_epochs
+from kdcourse.chains import (SCHEDULES, ChainLink, chain_seconds, cosine_schedule, run_chain, target_entropy,
+                             time_epochs)
 from kdcourse.training import History
 
 
@@ -64,6 +65,38 @@ def test_curve_records_test_accuracy_per_epoch_without_changing_training():
     assert traced.test_curve[-1] == pytest.approx(traced.test_acc)
     for a, b in zip(plain.model.parameters(), traced.model.parameters()):
         torch.testing.assert_close(a, b)
+
+
+def test_cosine_schedule_follows_the_half_cosine_to_zero():
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.4)
+    sched = cosine_schedule(8)(opt)
+    lrs = []
+    for _ in range(8):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    want = [0.4 * (1 + math.cos(math.pi * k / 8)) / 2 for k in range(1, 9)]   # closed form after k steps
+    assert lrs == pytest.approx(want, abs=1e-9) and lrs[3] == pytest.approx(0.2) and lrs[-1] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="total_steps"):
+        cosine_schedule(0)
+
+
+def test_cosine_chain_is_fit_with_the_cosine_scheduler_over_all_steps():
+    x, y = _toy()
+    teacher = _mlp(32, seed=1)
+    link = run_chain(teacher, [_mlp(seed=2)], x, y, test=(x, y), epochs=3, seed=5, lr=1e-2, batch_size=32,
+                     schedule="cosine")[0]
+    manual, const = _mlp(seed=2), _mlp(seed=2)
+    loader = lambda: kd.data.TensorLoader(x, y, kd.predict(teacher, x), batch_size=32, seed=5)
+    kd.fit(manual, loader(), epochs=3, loss_fn=kd.losses.KD(), lr=1e-2, seed=5, progress=False,
+           scheduler=cosine_schedule(3 * len(loader())))   # 3 epochs x 3 batches, one scheduler step per batch
+    kd.fit(const, loader(), epochs=3, loss_fn=kd.losses.KD(), lr=1e-2, seed=5, progress=False)
+    for a, b in zip(link.model.parameters(), manual.parameters()):
+        torch.testing.assert_close(a, b)
+    assert not all(torch.equal(a, b) for a, b in zip(link.model.parameters(), const.parameters()))
+    assert SCHEDULES == ("constant", "cosine")
+    with pytest.raises(ValueError, match="unknown schedule 'step'"):
+        run_chain(teacher, [_mlp()], x, y, test=(x, y), epochs=1, schedule="step")
 
 
 def test_run_chain_rejects_bad_input():

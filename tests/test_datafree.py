@@ -4,8 +4,8 @@ import torch
 from torch import nn
 
 import kdcourse as kd
-from kdcourse.datafree import (Cohort, Ensemble, MutualLoss, bn_penalty, bn_statistics, model_digest, random_shift,
-                               synthesize, synthesize_cached, total_variation)
+from kdcourse.datafree import (Cohort, Ensemble, MutualLoss, bn_penalty, bn_statistics, mix_views, model_digest,
+                               random_shift, synthesize, synthesize_cached, total_variation)
 from kdcourse.losses import soft_kl
 
 
@@ -61,14 +61,18 @@ def test_random_shift_is_a_roll_within_bounds():
     assert torch.equal(random_shift(x, 0, torch.Generator()), x)
 
 
-def test_synthesize_lowers_the_bn_mismatch_and_hits_the_targets():
+def _bn_teacher():
     torch.manual_seed(0)
     teacher = kd.build_model("cnn", (1, 8, 8), width=4, depth=2, seed=0)
     with torch.no_grad():                        # give the BN layers non-trivial running statistics
         teacher.train()
         for _ in range(20):
             teacher(torch.rand(64, 1, 8, 8) * 3 + 1)
-    teacher.eval()
+    return teacher.eval()
+
+
+def test_synthesize_lowers_the_bn_mismatch_and_hits_the_targets():
+    teacher = _bn_teacher()
     before = [p.clone() for p in teacher.parameters()]
 
     def bn_term(x):
@@ -85,6 +89,40 @@ def test_synthesize_lowers_the_bn_mismatch_and_hits_the_targets():
     assert all(torch.equal(a, b) for a, b in zip(before, teacher.parameters()))   # teacher unchanged
     with pytest.raises(ValueError, match="steps"):
         synthesize(teacher, 4, in_shape=(1, 8, 8), steps=-1)
+
+
+def test_first_bn_scale_weights_the_first_layer_only():
+    teacher = _bn_teacher()
+
+    def per_layer(x):
+        with torch.no_grad(), bn_statistics(teacher) as pen:
+            teacher(x)
+        return [float(p) for p in pen]
+
+    kw = dict(in_shape=(1, 8, 8), steps=40, batch_size=20, lr=0.1, seed=3)
+    x1, _ = synthesize(teacher, 20, **kw)
+    assert torch.equal(x1, synthesize(teacher, 20, first_bn_scale=1.0, **kw)[0])   # 1 is the plain BN term
+    x0, _ = synthesize(teacher, 20, first_bn_scale=0.0, **kw)                    # drops the first layer's term
+    (a1, b1), (a0, b0) = per_layer(x1), per_layer(x0)
+    # without its term the first layer is matched far worse; the second, which keeps its term, much less so
+    assert a0 / a1 > 2 * (b0 / b1), (a1, b1, a0, b0)
+    with pytest.raises(ValueError, match="first_bn_scale"):
+        synthesize(teacher, 4, first_bn_scale=-1.0, **kw)
+
+
+def test_mix_views_are_convex_mixes_of_two_inputs():
+    n = 6
+    x = torch.eye(n).reshape(n, 1, n)             # input i is the basis vector e_i
+    out = mix_views(x, 3, seed=0)
+    assert out.shape == (3 * n, 1, n)
+    flat = out.reshape(3 * n, n)
+    torch.testing.assert_close(flat.sum(1), torch.ones(3 * n))     # lam + (1 - lam) = 1
+    assert (flat >= 0).all() and ((flat > 0).sum(1) <= 2).all()   # at most two inputs in each mix
+    own = flat[torch.arange(3 * n), torch.arange(3 * n) % n]      # view k, row i mixes x_i with a partner
+    assert (own > 0).all()
+    assert torch.equal(out, mix_views(x, 3, seed=0)) and not torch.equal(out, mix_views(x, 3, seed=1))
+    with pytest.raises(ValueError, match="n_views"):
+        mix_views(x, 0)
 
 
 def test_ensemble_averages_logits():

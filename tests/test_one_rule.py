@@ -20,7 +20,7 @@ RETIRED = {
 
 
 # Known debt, strict: the test fails as soon as the debt is paid, so the entry must go.
-PENDING = {"04_teacher_assistants": "issue 12: notebook 04 is being rebuilt without compare_runs"}
+PENDING: dict[str, str] = {}
 
 
 def _text(path: Path) -> str:
@@ -36,7 +36,6 @@ def test_no_retired_significance_rule_in_any_notebook(path, request):
     assert not found, f"{path.name} still uses {found}: compare runs with kd.stats.describe_difference"
 
 
-@pytest.mark.xfail(reason="issue 12: stats.compare_runs goes when notebook 04 stops using it", strict=True)
 def test_the_package_has_no_second_rule():
     src = "\n".join(p.read_text() for p in (ROOT / "kdcourse").rglob("*.py"))
     assert not RETIRED["compare_runs"].search(src), "kdcourse still defines or uses compare_runs"

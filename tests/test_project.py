@@ -114,3 +114,12 @@ def test_no_package_module_is_over_about_300_lines():
     long = {str(p.relative_to(ROOT)): n for p in (ROOT / "kdcourse").rglob("*.py")
             if (n := len(p.read_text().splitlines())) > 320}
     assert not long, f"split these modules by concept: {long}"
+
+
+def test_the_readme_course_map_lists_every_notebook_with_its_budget():
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| (\d\d) [^\n]*\| (\d+) s[^|\n]*\|$",
+                                                        (ROOT / "README.md").read_text(), re.M)}
+    budgets = {p.stem[:2]: json.loads(p.read_text())["metadata"]["kdcourse"]["budget_s"] for p in NOTEBOOKS}
+    assert list(rows) == sorted(rows), "the course map lists the notebooks out of order"
+    assert {k: int(v) for k, v in rows.items()} == {k: int(b) for k, b in budgets.items()}, \
+        "README course map budgets differ from the notebooks' metadata.kdcourse.budget_s"

@@ -1,7 +1,7 @@
 import pytest
 from scipy import stats as sps
 
-from kdcourse.stats import compare_runs, describe_difference, mean_std, paired_difference, recovered_share
+from kdcourse.stats import describe_difference, mean_std, paired_difference, recovered_share
 
 
 def test_mean_std_matches_the_sample_formula():
@@ -51,11 +51,3 @@ def test_recovered_share():
     assert recovered_share(97.0, 98.0, 97.5) is None
     with pytest.raises(ValueError, match="noise"):
         recovered_share(97.0, 85.0, 94.0, noise=-1)
-
-
-def test_compare_runs_uses_the_larger_spread():
-    r = compare_runs([70.0, 72.0, 74.0], [69.0, 69.5, 70.0])
-    assert r["gain"] == pytest.approx(2.5) and r["spread"] == pytest.approx(2.0) and r["beats"]
-    assert not compare_runs([70.0, 75.0, 80.0], [70.0, 71.0, 72.0])["beats"]  # gain 4 inside spread 5
-    with pytest.raises(ValueError, match="same number"):
-        compare_runs([1.0, 2.0], [1.0])

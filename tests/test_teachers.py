@@ -98,3 +98,41 @@ def test_unwritable_cache_gives_a_clear_error(tmp_path):
     blocker.write_text("x")
     with pytest.raises(PermissionError, match="cannot write to cache folder"):
         kd.get_teacher("digits", cache_dir=blocker / "cache", progress=False, **FAST)
+
+
+def test_teacher_records_its_test_curve_without_changing_its_training(tmp_path):
+    recipe = dict(epochs=3, width=4, depth=1)
+    t = kd.get_teacher("digits", cache_dir=tmp_path, progress=False, **recipe)
+    curve = t.cache_info["test_curve"]
+    assert len(curve) == 3 and curve[-1] == pytest.approx(t.cache_info["test_acc"])
+    data = kd.load_dataset("digits")   # the recipe run by hand, without the per-epoch evaluation
+    ref = kd.build_model("cnn", data.in_shape, width=4, depth=1, seed=0)
+    kd.fit(ref, data.train_loader(128, seed=0), epochs=3, lr=1e-3, seed=0, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(t.parameters(), ref.parameters()))
+    again = kd.get_teacher("digits", cache_dir=tmp_path, progress=False, **recipe)
+    assert again.cache_info["loaded"] is True and again.cache_info["test_curve"] == curve
+    _, meta_path = cache_paths(teacher_config("digits", **recipe), tmp_path)
+    meta = json.loads(meta_path.read_text())
+    del meta["test_curve"]                 # a checkpoint cached before curves were recorded
+    meta_path.write_text(json.dumps(meta))
+    old = kd.get_teacher("digits", cache_dir=tmp_path, progress=False, **recipe)
+    assert old.cache_info["loaded"] is True and old.cache_info["test_curve"] is None
+
+
+def test_cosine_teacher_is_its_own_recipe_and_trains_with_the_cosine_schedule(tmp_path):
+    recipe = dict(epochs=3, width=4, depth=1, lr=1e-2)
+    constant, cosine = teacher_config("digits", **recipe), teacher_config("digits", schedule="cosine", **recipe)
+    assert "schedule" not in constant and teacher_config("digits", schedule="constant", **recipe) == constant
+    assert cosine == {**constant, "schedule": "cosine"}
+    assert cache_paths(cosine, tmp_path)[0] != cache_paths(constant, tmp_path)[0]
+    t = kd.get_teacher("digits", cache_dir=tmp_path, progress=False, schedule="cosine", **recipe)
+    data = kd.load_dataset("digits")
+    loader = data.train_loader(128, seed=0)
+    ref, plain = (kd.build_model("cnn", data.in_shape, width=4, depth=1, seed=0) for _ in range(2))
+    kd.fit(ref, loader, epochs=3, lr=1e-2, seed=0, progress=False,
+           scheduler=kd.chains.cosine_schedule(3 * len(loader)))
+    kd.fit(plain, data.train_loader(128, seed=0), epochs=3, lr=1e-2, seed=0, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(t.parameters(), ref.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(t.parameters(), plain.parameters()))
+    with pytest.raises(ValueError, match="unknown schedule 'linear'"):
+        kd.get_teacher("digits", cache_dir=tmp_path, schedule="linear", **recipe)
