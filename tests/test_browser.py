@@ -1,8 +1,10 @@
 """tools/browser_test.py (`make browser-test`): it fails naming the notebook and cell when a cell raises
 or a widget cannot render, and passes a tiny notebook whose figure, widget and slider work.
 
-The browser run uses three tiny notebooks written here (seconds each, not the course's) and is
-skipped when Chromium or the playwright package is missing; the helpers are tested without a browser.
+The browser run uses three tiny notebooks written here and a temporary copy of the course's notebook 00
+broken after its first code cell (seconds each, not the course's minutes); it is skipped when Chromium or
+the playwright package is missing (CI runs this file again after `make browser-test` has installed
+Chromium); the helpers are tested without a browser.
 """
 import importlib.util
 import os
@@ -58,6 +60,18 @@ def _browser_missing() -> str | None:
     return None if chromium else "Chromium is not installed (Debian: apt-get install chromium; or set CHROMIUM)"
 
 
+def _broken_course_copy(dest: Path) -> Path:
+    """A temporary copy of the course's notebook 00 with a raising cell after its first code cell.
+
+    Run all stops at the error, so only the import cell runs before it: seconds, not the notebook's minute.
+    """
+    nb = nbformat.read(ROOT / "notebooks" / "00_orientation.ipynb", as_version=4)
+    first = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code")
+    nb.cells.insert(first + 1, new_code_cell("raise RuntimeError('a broken copy of notebook 00')"))
+    nbformat.write(nb, dest)
+    return dest
+
+
 @pytest.fixture(scope="module")
 def browser_run(tmp_path_factory):
     """One run of tools/browser_test.py over the three tiny notebooks, two tabs at a time."""
@@ -71,6 +85,7 @@ def browser_run(tmp_path_factory):
                                                                 "language": "python"}})
         nbformat.write(nb, folder / name)
         paths.append(folder / name)
+    paths.append(_broken_course_copy(folder / "broken_00.ipynb"))
     before = {p: p.read_bytes() for p in paths}
     shots = tmp_path_factory.mktemp("screenshots")
     env = {**os.environ, "KDCOURSE_THREADS": "1"}
@@ -87,6 +102,13 @@ def test_a_cell_that_raises_fails_the_run_naming_notebook_and_cell(browser_run):
     assert browser_run["proc"].returncode == 1, browser_run["out"]
     assert "FAILED: raises.ipynb: cell 3: error output ValueError: broken on purpose" in browser_run["out"]
     assert "raises.ipynb: cell 4" not in browser_run["out"]  # skipped after the error: not a second problem
+
+
+def test_a_broken_copy_of_a_course_notebook_fails_naming_it_and_the_cell(browser_run):
+    nb = nbformat.read(ROOT / "notebooks" / "00_orientation.ipynb", as_version=4)
+    cell = 1 + next(i for i, c in enumerate(nb.cells) if c.cell_type == "code")
+    assert (f"FAILED: broken_00.ipynb: cell {cell}: error output RuntimeError: a broken copy of notebook 00"
+            in browser_run["out"]), browser_run["out"]
 
 
 def test_a_widget_that_cannot_render_fails_the_run_naming_notebook_and_cell(browser_run):
@@ -109,7 +131,8 @@ def test_screenshots_are_written_and_their_folder_printed(browser_run):
 def test_the_notebooks_under_test_are_never_modified(browser_run):
     for path, data in browser_run["before"].items():
         assert path.read_bytes() == data
-    assert sorted(p.name for p in browser_run["folder"].iterdir()) == ["bad_widget.ipynb", "good.ipynb", "raises.ipynb"]
+    assert sorted(p.name for p in browser_run["folder"].iterdir()) == ["bad_widget.ipynb", "broken_00.ipynb",
+                                                                       "good.ipynb", "raises.ipynb"]
 
 
 # ------------------------------------------------------------- helpers, no browser needed
