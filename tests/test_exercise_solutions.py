@@ -13,8 +13,6 @@ from pathlib import Path
 import pytest
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
-# Known debt, strict: the test fails as soon as a listed notebook complies, so the entry must go.
-PENDING: dict[str, str] = {}
 REJECTS = re.compile(r"is False|assert not |verbose=False\)\s*is False")
 OPEN = re.compile(r"\*\*Exercise[^*]*\((open|experiment)", re.I)
 
@@ -33,9 +31,7 @@ def _blocks(path: Path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_every_exercise_has_a_hidden_tested_solution_or_a_rubric(path, request):
-    if path.stem in PENDING and request.node.name.startswith("test_every"):
-        request.applymarker(pytest.mark.xfail(reason=PENDING[path.stem], strict=True))
+def test_every_exercise_has_a_hidden_tested_solution_or_a_rubric(path):
     problems = []
     for block in _blocks(path):
         first = "".join(block[0][1]["source"])
@@ -66,4 +62,4 @@ def test_the_rule_finds_exercises_and_flags_a_missing_solution(tmp_path):
     p.write_text(json.dumps(nb))
     assert len(_blocks(p)) == 1
     with pytest.raises(AssertionError, match="no code cell tagged 'solution'"):
-        test_every_exercise_has_a_hidden_tested_solution_or_a_rubric(p, type("R", (), {"node": type("N", (), {"name": "x"})})())
+        test_every_exercise_has_a_hidden_tested_solution_or_a_rubric(p)

@@ -19,18 +19,12 @@ RETIRED = {
 }
 
 
-# Known debt, strict: the test fails as soon as the debt is paid, so the entry must go.
-PENDING: dict[str, str] = {}
-
-
 def _text(path: Path) -> str:
     return "\n".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"])
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_no_retired_significance_rule_in_any_notebook(path, request):
-    if path.stem in PENDING:
-        request.applymarker(pytest.mark.xfail(reason=PENDING[path.stem], strict=True))
+def test_no_retired_significance_rule_in_any_notebook(path):
     text = _text(path)
     found = [name for name, rx in RETIRED.items() if rx.search(text)]
     assert not found, f"{path.name} still uses {found}: compare runs with kd.stats.describe_difference"
